@@ -1,0 +1,97 @@
+"""Mid/fine-level regressors and the local patch features they read."""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .ncnet import l2_normalize
+
+
+class FeatRegressNet(nn.Module):
+    """Regressor of a patch pair: ``(N, 2*D, P, P)`` -> ``(N, 5)`` raw outputs
+    (4 offset logits ``x1, y1, x2, y2`` and a confidence logit).
+
+    Layer indices follow the official ``conv.*`` / ``fc.*`` Sequentials.
+    """
+
+    def __init__(
+        self,
+        feat_dim: int = 259,
+        psize: int = 16,
+        conv_dims: Sequence[int] = (512, 512),
+        conv_kers: Sequence[int] = (3, 3),
+        conv_strs: Sequence[int] = (2, 1),
+        fc_dims: Sequence[int] = (512, 256),
+        out_dim: int = 5,
+    ):
+        super().__init__()
+        layers: List[nn.Module] = []
+        cin, w = 2 * feat_dim, psize
+        for cout, k, s in zip(conv_dims, conv_kers, conv_strs):
+            layers += [nn.Conv2d(cin, cout, k, s, 1, bias=False), nn.BatchNorm2d(cout)]
+            w = (w - k + 2) // s + 1
+            cin = cout
+        layers += [nn.ReLU(), nn.MaxPool2d(w)]
+        self.conv = nn.Sequential(*layers)
+        fcs: List[nn.Module] = []
+        for cout in fc_dims:
+            fcs += [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU()]
+            cin = cout
+        fcs.append(nn.Linear(cin, out_dim))
+        self.fc = nn.Sequential(*fcs)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches: ``(N, 2*D, P, P)``, image-1 channels first."""
+        return self.fc(self.conv(patches).flatten(1))
+
+
+def patch_grid(psize: int, device=None) -> torch.Tensor:
+    """Offsets ``-P/2 .. P/2-1`` of a patch, ``(P,)`` int64."""
+    return torch.arange(psize, device=device) - psize // 2
+
+
+def gather_patches(
+    feats: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    points: torch.Tensor,
+    image_size: Tuple[int, int],
+    psize: int = 16,
+) -> torch.Tensor:
+    """Nearest-neighbour patch features around integer points.
+
+    Args:
+        feats: per level ``(C_l, H/s_l, W/s_l)`` maps of one image.
+        strides: the level strides ``s_l``.
+        points: ``(N, 2)`` int64 ``(x, y)`` patch centres in input pixels.
+        image_size: ``(W, H)`` of the network input.
+    Returns:
+        ``(N, sum C_l, P, P)``, L2-normalised over channels at each position.
+    """
+    w, h = image_size
+    d = patch_grid(psize, points.device)
+    xs = points[:, 0, None] + d  # (N, P)
+    ys = points[:, 1, None] + d
+    out = []
+    for f, s in zip(feats, strides):
+        xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, w // s - 1)
+        yi = torch.div(ys, s, rounding_mode="floor").clamp_(0, h // s - 1)
+        out.append(f[:, yi[:, :, None], xi[:, None, :]])  # (C, N, P, P)
+    return l2_normalize(torch.cat(out, 0), dim=0).transpose(0, 1)
+
+
+def parse_output(
+    raw: torch.Tensor, matches: torch.Tensor, sizes: Tuple[int, int, int, int], psize: int = 16
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Raw regressor outputs to refined matches and confidences.
+
+    ``offset = P * tanh(relu(raw[:, :4])) - P/2`` is added to the float input
+    matches ``(N, 4)``; results are clamped to ``[0, W]`` / ``[0, H]`` with
+    ``sizes = (W1, H1, W2, H2)`` of the network inputs.
+    Returns ``(N, 4)`` matches and ``(N,)`` sigmoid confidences.
+    """
+    offset = psize * torch.tanh(torch.relu(raw[:, :4])) - psize // 2
+    new = matches.float() + offset
+    upper = torch.tensor(sizes, dtype=new.dtype, device=new.device)
+    new = torch.minimum(new.clamp(min=0), upper)
+    return new, torch.sigmoid(raw[:, 4])
