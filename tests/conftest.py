@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_golden() -> Path:
+    """The golden folder: ``$P2P_GOLDEN`` or ``../shared/golden`` beside the repo."""
+    env = os.environ.get("P2P_GOLDEN")
+    return Path(env) if env else REPO.parent / "shared" / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    path = find_golden()
+    if not (path / "patch2pix_random_fp16.pth").is_file():
+        pytest.skip(f"golden data not found at {path} (set P2P_GOLDEN)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_weights(golden_dir) -> Path:
+    return golden_dir / "patch2pix_random_fp16.pth"
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden_weights):
+    from p2p_hloc import load_model
+
+    return load_model(golden_weights, "cpu")
