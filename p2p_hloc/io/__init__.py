@@ -1,0 +1,22 @@
+"""hloc's file formats: the only place that knows their layout and conventions."""
+
+from .h5 import (  # noqa: F401
+    H5Error,
+    find_pair,
+    get_keypoints,
+    get_matches,
+    list_h5_names,
+    names_to_pair,
+    to_hloc_coords,
+    from_hloc_coords,
+    write_keypoints,
+    write_matches,
+)
+from .text import (  # noqa: F401
+    PairsError,
+    parse_pairs,
+    parse_queries,
+    parse_retrieval,
+    write_pairs,
+    write_poses,
+)

@@ -1,0 +1,122 @@
+"""hloc's HDF5 layout for keypoints and matches.
+
+Coordinates: Patch2Pix works in COLMAP's corner convention (the top-left pixel
+corner at (0, 0), its centre at (0.5, 0.5)); hloc files store pixel centres at
+integer coordinates and add 0.5 on import into COLMAP. ``to_hloc_coords`` is the
+one conversion between the two.
+"""
+
+from pathlib import Path
+from typing import Optional, Set, Tuple
+
+import h5py
+import numpy as np
+
+
+class H5Error(RuntimeError):
+    """An h5 file that is unreadable, truncated or lacks an expected entry."""
+
+
+def to_hloc_coords(xy: np.ndarray) -> np.ndarray:
+    """Corner convention (Patch2Pix, COLMAP) -> hloc's integer pixel centres."""
+    return np.asarray(xy, dtype=np.float64) - 0.5
+
+
+def from_hloc_coords(xy: np.ndarray) -> np.ndarray:
+    """hloc's integer pixel centres -> corner convention (Patch2Pix, COLMAP)."""
+    return np.asarray(xy, dtype=np.float64) + 0.5
+
+
+def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
+    """hloc's pair key: ``name0/name1`` with '/' inside names replaced by '-'."""
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def open_h5(path: Path, mode: str = "r") -> h5py.File:
+    """Open an h5 file, naming it in the error if it is truncated or corrupt."""
+    try:
+        return h5py.File(str(path), mode, libver="latest")
+    except OSError as e:
+        raise H5Error(f"cannot open {path} (truncated or corrupt h5 file?): {e}") from e
+
+
+def list_h5_names(path: Path) -> Set[str]:
+    """Names of the groups that hold datasets (images or ``n0/n1`` pair keys)."""
+    names = set()
+    with open_h5(path) as f:
+        f.visititems(
+            lambda key, obj: names.add(obj.parent.name.strip("/"))
+            if isinstance(obj, h5py.Dataset)
+            else None
+        )
+    return names
+
+
+def write_keypoints(
+    path: Path,
+    name: str,
+    keypoints: np.ndarray,
+    image_size: Tuple[int, int],
+    scores: Optional[np.ndarray] = None,
+) -> None:
+    """Write ``keypoints`` ``(N, 2)`` (hloc convention, original pixels),
+    ``scores`` ``(N,)`` and ``image_size`` ``(W, H)`` of one image."""
+    keypoints = np.asarray(keypoints, np.float32).reshape(-1, 2)
+    if scores is None:
+        scores = np.ones(len(keypoints), np.float32)
+    with open_h5(path, "a") as f:
+        if name in f:
+            del f[name]
+        g = f.create_group(name)
+        g.create_dataset("keypoints", data=keypoints)
+        g.create_dataset("scores", data=np.asarray(scores, np.float32))
+        g.create_dataset("image_size", data=np.asarray(image_size, np.int64))
+
+
+def write_matches(
+    path: Path, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray, **extra
+) -> None:
+    """Write ``matches0`` ``(N0,)`` int32 (-1: unmatched) and
+    ``matching_scores0`` ``(N0,)`` float16 under ``names_to_pair(name0, name1)``;
+    ``extra`` arrays are stored beside them."""
+    key = names_to_pair(name0, name1)
+    with open_h5(path, "a") as f:
+        if key in f:
+            del f[key]
+        g = f.create_group(key)
+        g.create_dataset("matches0", data=np.asarray(matches0, np.int32))
+        g.create_dataset("matching_scores0", data=np.asarray(scores0, np.float16))
+        for k, v in extra.items():
+            g.create_dataset(k, data=v)
+
+
+def get_keypoints(path: Path, name: str) -> np.ndarray:
+    """``(N, 2)`` keypoints of an image (hloc convention)."""
+    with open_h5(path) as f:
+        if name not in f or "keypoints" not in f[name]:
+            raise H5Error(f"no keypoints for image {name!r} in {path}")
+        return f[name]["keypoints"][()]
+
+
+def find_pair(f: h5py.File, name0: str, name1: str) -> Tuple[str, bool]:
+    """Key of a pair in an open match file and whether it is stored reversed
+    (hloc's lookup order, old '_' keys included)."""
+    for sep in ("/", "_"):
+        for a, b, rev in ((name0, name1, False), (name1, name0, True)):
+            key = names_to_pair(a, b, sep)
+            if key in f:
+                return key, rev
+    raise H5Error(f"pair ({name0}, {name1}) not found in {f.filename}")
+
+
+def get_matches(path: Path, name0: str, name1: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(K, 2)`` keypoint-index pairs ``[idx0, idx1]`` and ``(K,)`` scores."""
+    with open_h5(path) as f:
+        key, reverse = find_pair(f, name0, name1)
+        matches = f[key]["matches0"][()]
+        scores = f[key]["matching_scores0"][()]
+    idx = np.where(matches != -1)[0]
+    pairs = np.stack([idx, matches[idx]], -1)
+    if reverse:
+        pairs = np.flip(pairs, -1)
+    return pairs, scores[idx]
