@@ -1,0 +1,106 @@
+"""``p2p-hloc`` command line: ``match`` two images, manage ``weights``."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from . import logger
+from .weights import DEFAULT, OFFICIAL
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from .model import load_model
+    from .preprocess import load_image, read_image
+    from .weights import get_weights
+
+    weights = get_weights("ncn_ivd_5ep.pth" if args.coarse_only and args.weights is None else DEFAULT, args.weights)
+    model = load_model(weights, args.device, coarse_only=args.coarse_only)
+    x0, s0, _ = load_image(args.image0, args.imsize)
+    x1, s1, _ = load_image(args.image1, args.imsize)
+    dev = model.device
+    pred = model.match(
+        x0[None].to(dev),
+        x1[None].to(dev),
+        s0,
+        s1,
+        threshold=args.threshold,
+        coarse_only=args.coarse_only,
+        keep_all_if_none=args.keep_all_if_none,
+    )
+    out = {k: pred[k].cpu().numpy() for k in ("keypoints0", "keypoints1", "scores")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(args.out)
+    logger.info("%d matches written to %s", len(out["scores"]), args.out)
+    if args.plot:
+        from .viz import plot_matches
+
+        im0, im1 = np.asarray(read_image(args.image0)), np.asarray(read_image(args.image1))
+        plot_matches(im0, im1, out["keypoints0"], out["keypoints1"], out["scores"], args.plot)
+        logger.info("Plot saved to %s", args.plot)
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import cache_dir, download
+
+    if args.action == "download":
+        for name in args.names or [DEFAULT]:
+            download(name, sha256=args.sha256, force=args.force)
+    else:
+        print(f"cache folder: {cache_dir()}  (set P2P_HLOC_HOME to change it)")
+        for name, info in OFFICIAL.items():
+            state = "present" if (cache_dir() / name).is_file() else "missing"
+            print(f"  {name:28s} {state:8s} {info.description}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2p-hloc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("match", help="match two images, write an npz")
+    m.add_argument("image0", type=Path)
+    m.add_argument("image1", type=Path)
+    m.add_argument("--weights", type=Path, help="checkpoint (default: the cached official file)")
+    m.add_argument("--imsize", type=int, default=1024, help="larger side; <= 0: native")
+    m.add_argument("--threshold", type=float, default=0.25, help="keep score > T")
+    m.add_argument("--coarse-only", action="store_true", help="NCNet proposals only")
+    m.add_argument(
+        "--keep-all-if-none",
+        action="store_true",
+        help="the official rule: when no match passes the threshold, return all",
+    )
+    m.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    m.add_argument("--out", type=Path, required=True, help="output .npz")
+    m.add_argument("--plot", type=Path, help="save a match plot (png)")
+    m.set_defaults(func=cmd_match)
+
+    w = sub.add_parser("weights", help="list or download the official checkpoints")
+    w.add_argument("action", choices=["list", "download"])
+    w.add_argument("names", nargs="*", help=f"files to download (default {DEFAULT})")
+    w.add_argument("--sha256", help="expected SHA-256 of the file")
+    w.add_argument("--force", action="store_true")
+    w.set_defaults(func=cmd_weights)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .model.checkpoint import CheckpointError
+    from .preprocess import ImageError
+    from .weights import WeightsNotFoundError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ImageError, CheckpointError, WeightsNotFoundError) as e:
+        print(f"p2p-hloc: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
