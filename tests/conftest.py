@@ -16,7 +16,10 @@ def find_golden() -> Path:
 def golden_dir() -> Path:
     path = find_golden()
     if not (path / "patch2pix_random_fp16.pth").is_file():
-        pytest.skip(f"golden data not found at {path} (set P2P_GOLDEN)")
+        reason = f"golden data not found at {path} (set P2P_GOLDEN)"
+        if os.environ.get("P2P_REQUIRE_GOLDEN"):  # set by .ci/run
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path
 
 
