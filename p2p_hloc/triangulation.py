@@ -1,0 +1,280 @@
+"""Triangulate 3D points in a reference model with known poses (pycolmap 4.x).
+
+The database is built from the model (camera, rig, frame and image ids kept),
+our keypoints (+0.5: hloc's integer centres to COLMAP's corner convention) and
+matches are imported, pairs are verified with the known poses (epipolar
+distance) or with RANSAC, and ``pycolmap.triangulate_points`` adds the points.
+Verified geometries are written with the CALIBRATED configuration: pycolmap 4.x
+silently skips UNDEFINED ones and would triangulate nothing.
+"""
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from .io import H5Error, from_hloc_coords, get_keypoints, get_matches, parse_pairs
+
+logger = logging.getLogger("p2p_hloc")
+
+MODEL_FILES = ("cameras.bin", "images.bin", "rigs.bin", "frames.bin", "points3D.bin")
+
+
+class TriangulationError(RuntimeError):
+    """A triangulation that cannot run or that produced no 3D points."""
+
+
+def create_db_from_model(
+    reconstruction: pycolmap.Reconstruction, database: Path
+) -> Dict[str, int]:
+    """A fresh database with the model's cameras, rigs, frames and images (ids
+    kept); returns ``{image name: image id}``."""
+    database.unlink(missing_ok=True)
+    with pycolmap.Database.open(database) as db:
+        for camera in reconstruction.cameras.values():
+            db.write_camera(camera, use_camera_id=True)
+        for rig in reconstruction.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for frame in reconstruction.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+        for image in reconstruction.images.values():
+            db.write_image(image, use_image_id=True)
+    return {image.name: i for i, image in reconstruction.images.items()}
+
+
+def import_features(
+    image_ids: Dict[str, int], database: Path, features: Path
+) -> Dict[str, int]:
+    """Write every model image's keypoints; returns the ids of the images found
+    (an image without keypoints is warned about and gets none)."""
+    found, missing = {}, []
+    with pycolmap.Database.open(database) as db:
+        for name, image_id in tqdm(image_ids.items(), desc="import features"):
+            try:
+                keypoints = from_hloc_coords(get_keypoints(features, name))
+            except H5Error:
+                missing.append(name)
+                continue
+            db.write_keypoints(image_id, keypoints.astype(np.float32))
+            found[name] = image_id
+    if missing:
+        logger.warning(
+            "%d model images have no keypoints in %s (e.g. %s); they get no points.",
+            len(missing),
+            features,
+            missing[0],
+        )
+    return found
+
+
+def read_pair_matches(
+    image_ids: Dict[str, int],
+    pairs: Path,
+    matches: Path,
+    min_match_score: Optional[float] = None,
+) -> Dict[Tuple[str, str], np.ndarray]:
+    """``{(name0, name1): (K, 2) keypoint indices}`` for the pairs of the file
+    whose images have keypoints and whose matches exist; a pair seen in both
+    directions is kept once. Skipped pairs are counted and reported."""
+    out: Dict[Tuple[str, str], np.ndarray] = {}
+    not_in_model, no_matches = [], []
+    for name0, name1 in parse_pairs(pairs):
+        if name0 not in image_ids or name1 not in image_ids:
+            not_in_model.append((name0, name1))
+            continue
+        if (name0, name1) in out or (name1, name0) in out or name0 == name1:
+            continue
+        try:
+            m, scores = get_matches(matches, name0, name1)
+        except H5Error:
+            no_matches.append((name0, name1))
+            continue
+        if min_match_score is not None:
+            m = m[scores > min_match_score]
+        if len(m) == 0:
+            no_matches.append((name0, name1))
+            continue
+        out[name0, name1] = m
+    if not_in_model:
+        logger.warning(
+            "Skipped %d pairs naming images absent from the model or without "
+            "keypoints, e.g. %s.",
+            len(not_in_model),
+            not_in_model[0],
+        )
+    if no_matches:
+        logger.warning(
+            "Skipped %d pairs with no matches in %s, e.g. %s.",
+            len(no_matches),
+            matches,
+            no_matches[0],
+        )
+    if not out:
+        raise TriangulationError(f"no pair of {pairs} has matches between model images")
+    return out
+
+
+def epipolar_inliers(
+    kp0: np.ndarray,
+    kp1: np.ndarray,
+    image0: pycolmap.Image,
+    image1: pycolmap.Image,
+    camera0: pycolmap.Camera,
+    camera1: pycolmap.Camera,
+    max_error: float = 4.0,
+) -> np.ndarray:
+    """Mask of matches whose distance to the epipolar line given by the known
+    poses is below ``max_error`` pixels in both images."""
+    cam1_from_cam0 = image1.cam_from_world() * image0.cam_from_world().inverse()
+    R, t = cam1_from_cam0.rotation.matrix(), cam1_from_cam0.translation
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
+    x0 = np.c_[camera0.cam_from_img(kp0), np.ones(len(kp0))]
+    x1 = np.c_[camera1.cam_from_img(kp1), np.ones(len(kp1))]
+    l1, l0 = x0 @ E.T, x1 @ E  # epipolar lines in image 1 and image 0
+    algebraic = np.abs(np.sum(x1 * l1, -1))
+    d1 = algebraic / np.linalg.norm(l1[:, :2], axis=-1)
+    d0 = algebraic / np.linalg.norm(l0[:, :2], axis=-1)
+    return (d0 <= camera0.cam_from_img_threshold(max_error)) & (
+        d1 <= camera1.cam_from_img_threshold(max_error)
+    )
+
+
+def write_matches_and_geometries(
+    reference: pycolmap.Reconstruction,
+    image_ids: Dict[str, int],
+    database: Path,
+    features: Path,
+    pair_matches: Dict[Tuple[str, str], np.ndarray],
+    verify_with_poses: bool,
+    max_error: float = 4.0,
+) -> None:
+    """Write raw matches and, with ``verify_with_poses``, the matches consistent
+    with the known poses as CALIBRATED two-view geometries."""
+    keypoints: Dict[str, np.ndarray] = {}
+
+    def kps(name: str) -> np.ndarray:
+        if name not in keypoints:
+            keypoints[name] = from_hloc_coords(get_keypoints(features, name))
+        return keypoints[name]
+
+    ratios = []
+    with pycolmap.Database.open(database) as db:
+        for (name0, name1), m in tqdm(pair_matches.items(), desc="import matches"):
+            id0, id1 = image_ids[name0], image_ids[name1]
+            db.write_matches(id0, id1, m.astype(np.uint32))
+            if not verify_with_poses:
+                continue
+            im0, im1 = reference.images[id0], reference.images[id1]
+            keep = epipolar_inliers(
+                kps(name0)[m[:, 0]],
+                kps(name1)[m[:, 1]],
+                im0,
+                im1,
+                reference.cameras[im0.camera_id],
+                reference.cameras[im1.camera_id],
+                max_error,
+            )
+            geometry = pycolmap.TwoViewGeometry()
+            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+            geometry.inlier_matches = m[keep].astype(np.uint32)
+            db.write_two_view_geometry(id0, id1, geometry)
+            ratios.append(keep.mean())
+    if ratios:
+        logger.info(
+            "Inlier ratio of the pose verification: mean %.3f, median %.3f, min %.3f, max %.3f.",
+            np.mean(ratios),
+            np.median(ratios),
+            np.min(ratios),
+            np.max(ratios),
+        )
+
+
+def verify_with_ransac(database: Path, pair_matches: Dict, pairs_path: Path) -> None:
+    """Two-view geometries estimated by RANSAC (``pycolmap.verify_matches``)."""
+    pairs_path.write_text("".join(f"{a} {b}\n" for a, b in pair_matches))
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.max_num_trials = 20000
+    options.ransac.min_inlier_ratio = 0.1
+    pycolmap.verify_matches(database, pairs_path, options=options)
+
+
+def model_exists(path: Path) -> bool:
+    return all((path / f).is_file() for f in MODEL_FILES)
+
+
+def main(
+    sfm_dir: Path,
+    reference_model: Path,
+    image_dir: Path,
+    pairs: Path,
+    features: Path,
+    matches: Path,
+    estimate_two_view_geometries: bool = False,
+    min_match_score: Optional[float] = None,
+    max_epipolar_error: float = 4.0,
+    mapper_options: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Triangulate the matches of ``pairs`` into ``reference_model``'s poses and
+    write the model (and ``database.db``) to ``sfm_dir``, which is returned."""
+    sfm_dir = Path(sfm_dir)
+    if model_exists(sfm_dir) and not overwrite:
+        logger.info("Triangulated model exists at %s: skipping.", sfm_dir)
+        return sfm_dir
+    for p in (reference_model, image_dir, pairs, features, matches):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"input of the triangulation not found: {p}")
+    sfm_dir.mkdir(parents=True, exist_ok=True)
+    database = sfm_dir / "database.db"
+    reference = pycolmap.Reconstruction(reference_model)
+    image_ids = create_db_from_model(reference, database)
+    image_ids = import_features(image_ids, database, features)
+    pair_matches = read_pair_matches(image_ids, pairs, matches, min_match_score)
+    write_matches_and_geometries(
+        reference,
+        image_ids,
+        database,
+        features,
+        pair_matches,
+        not estimate_two_view_geometries,
+        max_epipolar_error,
+    )
+    if estimate_two_view_geometries:
+        verify_with_ransac(database, pair_matches, sfm_dir / "pairs-verified.txt")
+
+    options = pycolmap.IncrementalPipelineOptions(mapper_options or {})
+    tmp = sfm_dir / "triangulation.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    rec = pycolmap.triangulate_points(
+        reference, database, image_dir, tmp, options=options
+    )
+    logger.info("Triangulated model:\n%s", rec.summary())
+    if rec.num_points3D() == 0:
+        raise TriangulationError(
+            f"triangulation produced no 3D points (see {database}): check that the "
+            "matches are correct and that the pairs overlap"
+        )
+    for f in MODEL_FILES:  # points3D.bin last: its presence marks a complete model
+        (tmp / f).replace(sfm_dir / f)
+    shutil.rmtree(tmp)
+    return sfm_dir
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sfm_dir", type=Path, required=True)
+    parser.add_argument("--reference_model", type=Path, required=True)
+    parser.add_argument("--image_dir", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--matches", type=Path, required=True)
+    parser.add_argument("--estimate_two_view_geometries", action="store_true")
+    parser.add_argument("--min_match_score", type=float)
+    parser.add_argument("--overwrite", action="store_true")
+    main(**vars(parser.parse_args()))
