@@ -1,0 +1,170 @@
+"""From raw pair matches to shared per-image keypoints (pure numpy/scipy).
+
+Dense matchers give each pair its own sub-pixel points; hloc needs one keypoint
+list per image whose ids are shared by all its pairs. ``cluster_points`` merges
+the raw points of one image (over all its pairs) that lie closer than
+``radius`` px; ``assign_fixed`` snaps points to keypoints that must not move
+(localization mode); ``unique_matches`` makes a pair one-to-one by score.
+
+``cluster_points`` is deterministic and does not depend on the order of its
+input: seeds are taken by decreasing density (summed score of the neighbours
+closer than ``radius``), ties broken by coordinates; each seed takes every
+unassigned point closer than ``radius`` to it, and the keypoint is the mean of
+its points. A cluster is therefore at most ``2 * radius`` wide, even on chains
+of points that are pairwise close.
+
+``ImmatchQuantizer`` reproduces the Patch2Pix authors' version exactly
+(image-matching-toolbox ``quantize_keypoints``): a running midpoint inside
+48-px cells, dependent on the order of the pairs. It is offered for parity.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.spatial import cKDTree
+
+
+def _neighbours(points: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, both orders, of points strictly closer than
+    ``radius`` (self pairs excluded)."""
+    r = np.nextafter(radius, 0)  # query_pairs is inclusive; the rule is strict
+    ij = cKDTree(points).query_pairs(r, output_type="ndarray")
+    return np.concatenate([ij[:, 0], ij[:, 1]]), np.concatenate([ij[:, 1], ij[:, 0]])
+
+
+def cluster_points(
+    points: np.ndarray, scores: Optional[np.ndarray] = None, radius: float = 4.0
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge points closer than ``radius`` into their mean location.
+
+    Args:
+        points: ``(N, 2)`` raw points of one image (all its pairs, both sides).
+        scores: ``(N,)`` match confidences (default 1), used to order seeds.
+        radius: merge distance in pixels (strict ``<``).
+    Returns:
+        ``keypoints`` ``(K, 2)`` float64 sorted by (x, y), ``labels`` ``(N,)``
+        int64 indices into them, and ``keypoint_scores`` ``(K,)``: the summed
+        scores of each keypoint's points.
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    n = len(points)
+    scores = np.ones(n) if scores is None else np.asarray(scores, np.float64)
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)
+    # work on the points sorted by value so that float sums do not depend on
+    # the input order
+    perm = np.lexsort((scores, points[:, 1], points[:, 0]))
+    kps, labels, sums = _cluster_sorted(points[perm], scores[perm], radius)
+    out = np.empty(n, np.int64)
+    out[perm] = labels
+    return kps, out, sums
+
+
+def _cluster_sorted(
+    points: np.ndarray, scores: np.ndarray, radius: float
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(points)
+    i, j = _neighbours(points, radius)
+    ij = np.lexsort((j, i))
+    i, j = i[ij], j[ij]
+    adj = coo_matrix((np.ones(len(i), bool), (i, j)), shape=(n, n)).tocsr()
+    density = scores + np.bincount(i, weights=scores[j], minlength=n)
+    order = np.lexsort((points[:, 1], points[:, 0], -density))
+    labels = np.full(n, -1, np.int64)
+    k = 0
+    for seed in order:
+        if labels[seed] >= 0:
+            continue
+        members = adj.indices[adj.indptr[seed] : adj.indptr[seed + 1]]
+        members = members[labels[members] < 0]
+        labels[members] = k
+        labels[seed] = k
+        k += 1
+    counts = np.bincount(labels, minlength=k)
+    centres = np.stack(
+        [
+            np.bincount(labels, weights=points[:, d], minlength=k) / counts
+            for d in (0, 1)
+        ],
+        -1,
+    )
+    sums = np.bincount(labels, weights=scores, minlength=k)
+    canonical = np.lexsort((centres[:, 1], centres[:, 0]))
+    rank = np.empty(k, np.int64)
+    rank[canonical] = np.arange(k)
+    return centres[canonical], rank[labels], sums[canonical]
+
+
+def assign_fixed(
+    points: np.ndarray, keypoints: np.ndarray, radius: float = 4.0
+) -> np.ndarray:
+    """Index of the nearest fixed keypoint closer than ``radius``, else -1."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(points) == 0 or len(keypoints) == 0:
+        return np.full(len(points), -1, np.int64)
+    dist, idx = cKDTree(np.asarray(keypoints, np.float64)).query(points)
+    return np.where(dist < radius, idx, -1).astype(np.int64)
+
+
+def unique_matches(
+    ids0: np.ndarray, ids1: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """Indices of the matches that are the best by score for both their
+    keypoints (matches with an id of -1 are dropped), sorted by ``ids0``.
+
+    A loser is not re-matched: (A,X,.9), (B,X,.95), (A,Y,.8) keeps only (B,X).
+    Ties in score go to the smaller (id0, id1).
+    """
+    ids0, ids1 = np.asarray(ids0), np.asarray(ids1)
+    scores = np.asarray(scores, np.float64)
+    valid = np.flatnonzero((ids0 >= 0) & (ids1 >= 0))
+    order = valid[np.lexsort((ids1[valid], ids0[valid], -scores[valid]))]
+    best0 = order[np.unique(ids0[order], return_index=True)[1]]
+    best1 = order[np.unique(ids1[order], return_index=True)[1]]
+    keep = np.intersect1d(best0, best1)
+    return keep[np.argsort(ids0[keep], kind="stable")]
+
+
+class ImmatchQuantizer:
+    """The authors' quantization (exact parity with image-matching-toolbox).
+
+    Per image, points are visited in the order given; a point joins the nearest
+    centre of its ``psize`` cell (``floor(p / psize) * psize``) if closer than
+    ``dthres`` and the centre moves to the midpoint ``(centre + p) / 2``;
+    otherwise it starts a new keypoint. State is shared by all pairs.
+    """
+
+    def __init__(self, psize: float = 48, dthres: float = 4):
+        self.psize, self.dthres = psize, dthres
+        self.keypoints: Dict[str, List[np.ndarray]] = {}
+        self.cells: Dict[str, Dict[tuple, Tuple[List[np.ndarray], List[int]]]] = {}
+
+    def add(self, name: str, points: np.ndarray) -> np.ndarray:
+        """Keypoint ids of ``(N, 2)`` points of image ``name``."""
+        kps = self.keypoints.setdefault(name, [])
+        cells = self.cells.setdefault(name, {})
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        keys = np.floor(points / self.psize) * self.psize
+        ids = np.empty(len(points), np.int64)
+        for n, (p, key) in enumerate(zip(points, map(tuple, keys))):
+            if key in cells:
+                means, kids = cells[key]
+                dist = np.linalg.norm(np.asarray(means) - p, axis=1)
+                c = int(np.argmin(dist))
+                if dist[c] < self.dthres:
+                    means[c] = (means[c] + p) / 2
+                    kps[kids[c]] = means[c]
+                    ids[n] = kids[c]
+                    continue
+            else:
+                cells[key] = ([], [])
+            cells[key][0].append(p.copy())
+            cells[key][1].append(len(kps))
+            ids[n] = len(kps)
+            kps.append(p.copy())
+        return ids
+
+    def get(self, name: str) -> np.ndarray:
+        """``(K, 2)`` keypoints of an image, in id order."""
+        return np.asarray(self.keypoints.get(name, []), np.float64).reshape(-1, 2)

@@ -1,0 +1,130 @@
+"""Quantization on hand-made points."""
+
+import numpy as np
+
+from p2p_hloc.quantize import (
+    ImmatchQuantizer,
+    assign_fixed,
+    cluster_points,
+    unique_matches,
+)
+
+
+def test_merge_to_mean():
+    pts = np.array([[10, 10], [12, 10], [11, 12], [50, 50]], float)
+    kps, labels, sums = cluster_points(pts)
+    np.testing.assert_allclose(kps, [[11, 32 / 3], [50, 50]])
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1])
+    np.testing.assert_allclose(sums, [3, 1])
+
+
+def test_strict_radius():
+    kps, labels, _ = cluster_points(np.array([[0, 0], [4, 0]], float))
+    assert len(kps) == 2
+    kps, _, _ = cluster_points(np.array([[0, 0], [3.999, 0]], float))
+    assert len(kps) == 1
+
+
+def test_chain_is_bounded():
+    """Pairwise-close points on a line do not collapse into one keypoint."""
+    pts = np.stack([np.arange(0, 30, 3.0), np.zeros(10)], -1)
+    kps, labels, _ = cluster_points(pts)
+    assert 3 <= len(kps) <= 5
+    # every point lies within the radius of its cluster's mean... or of the seed
+    assert np.all(np.linalg.norm(pts - kps[labels], axis=1) < 8)
+    # clusters are contiguous runs
+    assert np.all(np.diff(labels) >= 0)
+
+
+def test_density_and_score_pick_the_seed():
+    # B has two neighbours (A, C), A and C one each: B seeds and takes all three
+    pts = np.array([[0, 0], [3, 0], [6, 0]], float)
+    kps, labels, _ = cluster_points(pts)
+    np.testing.assert_allclose(kps, [[3, 0]])
+    # on A-B-C-D, a heavy score on D makes C the densest: C takes B and D
+    pts = np.array([[0, 0], [3, 0], [6, 0], [9, 0]], float)
+    kps, labels, _ = cluster_points(pts, scores=np.array([1, 1, 1, 5.0]))
+    np.testing.assert_allclose(kps, [[0, 0], [6, 0]])
+    np.testing.assert_array_equal(labels, [0, 1, 1, 1])
+
+
+def test_ties_are_deterministic():
+    # two points 3 px apart with equal scores: one cluster at the mean
+    kps, _, _ = cluster_points(np.array([[3, 0], [0, 0]], float))
+    np.testing.assert_allclose(kps, [[1.5, 0]])
+    # A-B-C-D with equal scores: B and C tie on density, the smaller x (B) seeds
+    pts = np.array([[9, 0], [6, 0], [3, 0], [0, 0]], float)
+    kps, labels, _ = cluster_points(pts)
+    np.testing.assert_allclose(kps, [[3, 0], [9, 0]])
+    np.testing.assert_array_equal(labels, [1, 0, 0, 0])
+
+
+def test_order_independence():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 60, (400, 2)).round(1)
+    scores = rng.uniform(0, 1, 400).round(2)
+    kps, labels, sums = cluster_points(pts, scores)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(400)
+        kps2, labels2, sums2 = cluster_points(pts[perm], scores[perm])
+        np.testing.assert_array_equal(kps, kps2)
+        np.testing.assert_array_equal(labels[perm], labels2)
+        np.testing.assert_array_equal(sums, sums2)
+    # keypoints are separated and every point is near its keypoint
+    assert np.all(np.linalg.norm(pts - kps[labels], axis=1) < 8)
+
+
+def test_empty():
+    kps, labels, sums = cluster_points(np.zeros((0, 2)))
+    assert kps.shape == (0, 2) and labels.shape == (0,) and sums.shape == (0,)
+    assert assign_fixed(np.zeros((0, 2)), np.ones((3, 2))).shape == (0,)
+
+
+def test_assign_fixed():
+    fixed = np.array([[10, 10], [20, 20]], float)
+    ids = assign_fixed(
+        np.array([[11, 10], [20, 23.9], [30, 30], [14, 10]], float), fixed
+    )
+    np.testing.assert_array_equal(ids, [0, 1, -1, -1])
+
+
+def test_unique_matches_spec_example():
+    """(A,X,.9), (B,X,.95), (A,Y,.8) keeps only (B,X) (spec §6.3 item 5)."""
+    A, B, X, Y = 0, 1, 0, 1
+    keep = unique_matches(
+        np.array([A, B, A]), np.array([X, X, Y]), np.array([0.9, 0.95, 0.8])
+    )
+    np.testing.assert_array_equal(keep, [1])
+
+
+def test_unique_matches_duplicates_and_invalid():
+    ids0 = np.array([0, 0, 1, -1, 2, 2])
+    ids1 = np.array([5, 5, 6, 7, -1, 8])
+    scores = np.array([0.3, 0.7, 0.5, 0.9, 0.9, 0.1])
+    keep = unique_matches(ids0, ids1, scores)
+    np.testing.assert_array_equal(keep, [1, 2, 5])
+    # ties: the smaller (id0, id1) wins
+    keep = unique_matches(np.array([0, 0]), np.array([3, 2]), np.array([0.5, 0.5]))
+    np.testing.assert_array_equal(keep, [1])
+
+
+def test_immatch_parity_running_midpoint():
+    """The authors' rule (spec §6.3 item 4): running midpoint, not a mean;
+    48-px cells never merge across a border; state shared by pairs."""
+    q = ImmatchQuantizer(psize=48, dthres=4)
+    ids = q.add("a", np.array([[10, 10], [12, 10], [13, 10]], float))
+    np.testing.assert_array_equal(ids, [0, 0, 0])
+    # midpoint of (11, 10) and (13, 10) = (12, 10), not the mean 11.67
+    np.testing.assert_allclose(q.get("a"), [[12, 10]])
+    # 47 and 49 are 2 px apart but in different cells: two keypoints
+    ids = q.add("a", np.array([[47, 20], [49, 20]], float))
+    np.testing.assert_array_equal(ids, [1, 2])
+    # a later pair joins the existing centre (strict < 4) or starts a new one
+    ids = q.add("a", np.array([[15.9, 10], [18, 10]], float))
+    np.testing.assert_array_equal(ids, [0, 3])
+    np.testing.assert_allclose(q.get("a")[0], [13.95, 10])
+    # order dependence: the same points in another order give other centres
+    r = ImmatchQuantizer()
+    r.add("a", np.array([[13, 10], [12, 10], [10, 10]], float))
+    assert not np.allclose(r.get("a"), [[12, 10]])
+    assert q.get("b").shape == (0, 2)
