@@ -1,0 +1,318 @@
+"""Localize InLoc queries against database cutouts with per-pixel 3D points.
+
+Each retrieved cutout ``database/cutouts/{floor}/{scan}/{name}.jpg`` has a
+``{name}.jpg.mat`` holding ``XYZcut`` (H x W x 3, scan coordinates, NaN where
+the scan has no point) and its scan is placed in the world by the 4x4
+``P_after_GICP`` on lines 7-10 of
+``database/alignments/{floor}/transformations/{building}_trans_{scan}.txt``.
+Matched cutout keypoints are lifted to 3D (bilinear, nearest where bilinear
+meets NaN), moved to the world, and the query pose is estimated by PnP with a
+SIMPLE_PINHOLE camera (f = 4032 * 28 / 36 = 3136 px, centred principal point).
+
+Matches come from hloc files (``features`` + ``matches``) or from a matcher
+run on the fly (``conf``: ``.match(path0, path1)`` per pair, no quantization).
+Sturdier than hloc: a pair with a missing or unreadable file is skipped, and a
+query that fails is logged and gets a fallback pose (the position of its first
+retrieved scan, world axes as rotation, marked ``"fallback"`` in the log) or,
+if no cutout was usable, no line; the run never stops on one query.
+"""
+
+import argparse
+import logging
+import pickle
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import pycolmap
+import scipy.io
+from PIL import Image
+from tqdm import tqdm
+
+from .io import H5Error, from_hloc_coords, get_keypoints, get_matches
+from .io import parse_retrieval, write_poses
+from .localize_sfm import estimate_pose, pose_tuple
+
+logger = logging.getLogger("p2p_hloc")
+
+INLOC_FOCAL = 4032 * 28 / 36  # iPhone 7 at full resolution, as in hloc
+PairFn = Callable[[str, str], Tuple[np.ndarray, np.ndarray]]
+
+
+class InLocError(RuntimeError):
+    """A cutout whose 3D points or scan alignment cannot be read."""
+
+
+def interpolate_scan(
+    xyz: np.ndarray, keypoints: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """3D points ``(M, 3)`` at ``(N, 2)`` keypoints (corner convention, pixels
+    of the cutout, which ``xyz`` ``(H, W, 3)`` covers one value per pixel) and
+    the mask ``(N,)`` of keypoints that got one: bilinear, nearest where a
+    bilinear neighbour is NaN; keypoints outside the pixel centres' hull or
+    still NaN are dropped."""
+    h, w = xyz.shape[:2]
+    x, y = keypoints[:, 0] - 0.5, keypoints[:, 1] - 0.5  # pixel-centre indices
+    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    x, y = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+    x0 = np.clip(np.floor(x).astype(int), 0, max(w - 2, 0))
+    y0 = np.clip(np.floor(y).astype(int), 0, max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    points = (
+        xyz[y0, x0] * (1 - fx) * (1 - fy)
+        + xyz[y0, x1] * fx * (1 - fy)
+        + xyz[y1, x0] * (1 - fx) * fy
+        + xyz[y1, x1] * fx * fy
+    )
+    nan = np.isnan(points).any(-1)
+    points[nan] = xyz[np.round(y[nan]).astype(int), np.round(x[nan]).astype(int)]
+    valid = inside & ~np.isnan(points).any(-1)
+    return points[valid], valid
+
+
+def read_xyz(path: Path) -> np.ndarray:
+    """``XYZcut`` of a cutout's ``.mat`` file."""
+    try:
+        xyz = scipy.io.loadmat(str(path))["XYZcut"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InLocError(f"cannot read XYZcut from {path}: {e!r}") from e
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise InLocError(f"XYZcut of {path} has shape {xyz.shape}, expected (H, W, 3)")
+    return xyz.astype(np.float64)
+
+
+def scan_alignment(dataset_dir: Path, cutout: str) -> np.ndarray:
+    """4x4 world_from_scan (``P_after_GICP``) of the scan a cutout comes from,
+    e.g. ``database/cutouts/DUC1/024/DUC_cutout_024_0_0.jpg`` ->
+    ``database/alignments/DUC1/transformations/DUC_trans_024.txt``."""
+    parts = cutout.split("/")
+    if len(parts) < 3:
+        raise InLocError(f"cannot parse floor and scan from cutout name {cutout!r}")
+    floor, scan, building = parts[-3], parts[-2], parts[-1][:3]
+    path = dataset_dir / "database/alignments" / floor / "transformations"
+    path = path / f"{building}_trans_{scan}.txt"
+    try:
+        lines = path.read_text().splitlines()[7:11]
+        T = np.array([[float(v) for v in line.split()] for line in lines])
+    except (OSError, ValueError) as e:
+        raise InLocError(f"cannot read the scan alignment {path}: {e!r}") from e
+    if T.shape != (4, 4):
+        raise InLocError(f"{path}: lines 7-10 are not a 4x4 matrix")
+    return T
+
+
+class Cutouts:
+    """World 3D points of cutout keypoints (``.mat`` files and alignments cached)."""
+
+    def __init__(self, dataset_dir: Path):
+        self.dataset_dir = Path(dataset_dir)
+        self.xyz = lru_cache(maxsize=64)(
+            lambda name: read_xyz(self.dataset_dir / (name + ".mat"))
+        )
+        self.alignment = lru_cache(maxsize=None)(
+            lambda name: scan_alignment(self.dataset_dir, name)
+        )
+
+    def points3D(
+        self, name: str, keypoints: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """World points of ``keypoints`` and the mask of those that got one."""
+        points, valid = interpolate_scan(self.xyz(name), keypoints)
+        T = self.alignment(name)
+        return points @ T[:3, :3].T + T[:3, 3], valid
+
+
+def h5_pairs(features: Path, matches: Path) -> PairFn:
+    """Matched keypoints (corner convention) of a pair from hloc files."""
+
+    def pair(query: str, ref: str) -> Tuple[np.ndarray, np.ndarray]:
+        m, _ = get_matches(matches, query, ref)
+        kq = from_hloc_coords(get_keypoints(features, query))
+        kr = from_hloc_coords(get_keypoints(features, ref))
+        return kq[m[:, 0]], kr[m[:, 1]]
+
+    return pair
+
+
+def matcher_pairs(matcher, dataset_dir: Path) -> PairFn:
+    """Matched keypoints of a pair from a matcher run on the fly."""
+
+    def pair(query: str, ref: str) -> Tuple[np.ndarray, np.ndarray]:
+        pred = matcher.match(dataset_dir / query, dataset_dir / ref)
+        return np.asarray(pred["keypoints0"]), np.asarray(pred["keypoints1"])
+
+    return pair
+
+
+def query_camera(path: Path, focal_length: float) -> pycolmap.Camera:
+    """SIMPLE_PINHOLE with the image's size (as stored: no EXIF rotation,
+    the way our matchers read it) and a centred principal point."""
+    with Image.open(path) as im:
+        w, h = im.size
+    return pycolmap.Camera(
+        model="SIMPLE_PINHOLE", width=w, height=h, params=[focal_length, w / 2, h / 2]
+    )
+
+
+def localize_query(
+    query: str,
+    refs: List[str],
+    camera: pycolmap.Camera,
+    pair_fn: PairFn,
+    cutouts: Cutouts,
+    skip_matches: Optional[int],
+    ransac_thresh: float,
+) -> Dict[str, Any]:
+    """Concatenated 2D-3D correspondences over the usable cutouts, then PnP."""
+    points2D, points3D, used = [], [], []
+    for ref in refs:
+        try:
+            kq, kr = pair_fn(query, ref)
+            if skip_matches and len(kq) < skip_matches:
+                logger.debug(
+                    "Pair (%s, %s): %d matches < %d: skipped.",
+                    query,
+                    ref,
+                    len(kq),
+                    skip_matches,
+                )
+                continue
+            p3d, valid = cutouts.points3D(ref, kr)
+        except (H5Error, InLocError) as e:
+            logger.warning("Pair (%s, %s) skipped: %s", query, ref, e)
+            continue
+        points2D.append(kq[valid])
+        points3D.append(p3d)
+        used.append(ref)
+    points2D = np.concatenate(points2D) if points2D else np.zeros((0, 2))
+    points3D = np.concatenate(points3D) if points3D else np.zeros((0, 3))
+    ret = estimate_pose(points2D, points3D, camera, ransac_thresh)
+    return dict(
+        db=used,
+        num_correspondences=len(points2D),
+        num_inliers=0 if ret is None else int(ret["num_inliers"]),
+        inlier_mask=None if ret is None else np.asarray(ret["inlier_mask"]),
+        ret=ret,
+    )
+
+
+def fallback_pose(
+    cutouts: Cutouts, refs: List[str]
+) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Camera at the first readable retrieved scan's origin, world axes."""
+    for ref in refs:
+        try:
+            center = cutouts.alignment(ref)[:3, 3]
+        except InLocError:
+            continue
+        return np.array([1.0, 0, 0, 0]), -center
+    return None
+
+
+def main(
+    dataset_dir: Path,
+    retrieval: Path,
+    results: Path,
+    features: Optional[Path] = None,
+    matches: Optional[Path] = None,
+    conf: Optional[Dict[str, Any]] = None,
+    weights: Optional[Path] = None,
+    skip_matches: Optional[int] = 20,
+    ransac_thresh: float = 48.0,
+    focal_length: float = INLOC_FOCAL,
+    overwrite: bool = False,
+) -> Path:
+    """Localize the queries of ``retrieval`` (its first column) and write
+    ``results`` (submission format, basenames) and ``{results}_logs.pkl``.
+    Matches: ``features`` + ``matches`` h5 files, or ``conf`` (+ ``weights``)
+    to match each pair on the fly."""
+    results = Path(results)
+    if results.exists() and not overwrite:
+        logger.info("Results exist at %s: skipping.", results)
+        return results
+    dataset_dir = Path(dataset_dir)
+    if conf is not None:
+        from .matchers import build_matcher
+
+        pair_fn = matcher_pairs(build_matcher(conf, weights), dataset_dir)
+    elif features is not None and matches is not None:
+        pair_fn = h5_pairs(features, matches)
+    else:
+        raise ValueError("give either features and matches files or a matcher conf")
+    retrieval_dict = parse_retrieval(retrieval)
+    cutouts = Cutouts(dataset_dir)
+
+    poses, logs, failed, fallback = {}, {}, [], []
+    for query, refs in tqdm(retrieval_dict.items(), desc="localize"):
+        try:
+            camera = query_camera(dataset_dir / query, focal_length)
+            log = localize_query(
+                query, refs, camera, pair_fn, cutouts, skip_matches, ransac_thresh
+            )
+        except Exception as e:  # one query never stops the run
+            logger.exception("Query %s failed: %s", query, e)
+            log = dict(db=[], ret=None, num_inliers=0, error=repr(e))
+        if log["ret"] is not None:
+            poses[query] = pose_tuple(log["ret"]["cam_from_world"])
+            log["status"] = "localized"
+        elif (pose := fallback_pose(cutouts, refs)) is not None:
+            logger.warning(
+                "Query %s: PnP failed (%d correspondences); fallback pose.",
+                query,
+                log.get("num_correspondences", 0),
+            )
+            poses[query], log["status"] = pose, "fallback"
+            fallback.append(query)
+        else:
+            logger.error(
+                "Query %s: PnP failed and no scan is readable: no pose written.", query
+            )
+            log["status"] = "no_pose"
+            failed.append(query)
+        log["ret"] = (
+            None
+            if log["ret"] is None
+            else dict(qvec=poses[query][0], tvec=poses[query][1])
+        )
+        logs[query] = log
+
+    n = len(retrieval_dict)
+    logger.info("Localized %d / %d queries.", n - len(failed) - len(fallback), n)
+    if fallback:
+        logger.warning(
+            "%d queries got the fallback pose, e.g. %s.", len(fallback), fallback[0]
+        )
+    if failed:
+        logger.error(
+            "%d queries have no pose in the results, e.g. %s.", len(failed), failed[0]
+        )
+    write_poses(results, poses)
+    with open(f"{results}_logs.pkl", "wb") as f:
+        pickle.dump(
+            dict(
+                loc=logs,
+                failed=failed,
+                fallback=fallback,
+                skip_matches=skip_matches,
+                ransac_thresh=ransac_thresh,
+                focal_length=focal_length,
+            ),
+            f,
+        )
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_dir", type=Path, required=True)
+    parser.add_argument("--retrieval", type=Path, required=True)
+    parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--features", type=Path)
+    parser.add_argument("--matches", type=Path)
+    parser.add_argument("--skip_matches", type=int, default=20)
+    parser.add_argument("--ransac_thresh", type=float, default=48.0)
+    parser.add_argument("--focal_length", type=float, default=INLOC_FOCAL)
+    parser.add_argument("--overwrite", action="store_true")
+    main(**vars(parser.parse_args()))
