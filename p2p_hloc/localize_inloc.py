@@ -217,6 +217,7 @@ def main(
     results: Path,
     features: Optional[Path] = None,
     matches: Optional[Path] = None,
+    matcher: Optional[Any] = None,
     conf: Optional[Dict[str, Any]] = None,
     weights: Optional[Path] = None,
     skip_matches: Optional[int] = 20,
@@ -226,17 +227,19 @@ def main(
 ) -> Path:
     """Localize the queries of ``retrieval`` (its first column) and write
     ``results`` (submission format, basenames) and ``{results}_logs.pkl``.
-    Matches: ``features`` + ``matches`` h5 files, or ``conf`` (+ ``weights``)
-    to match each pair on the fly."""
+    Matches: ``features`` + ``matches`` h5 files, or a ``matcher`` (or its
+    ``conf`` and ``weights``) run on each pair on the fly."""
     results = Path(results)
     if results.exists() and not overwrite:
         logger.info("Results exist at %s: skipping.", results)
         return results
     dataset_dir = Path(dataset_dir)
-    if conf is not None:
+    if matcher is None and conf is not None:
         from .matchers import build_matcher
 
-        pair_fn = matcher_pairs(build_matcher(conf, weights), dataset_dir)
+        matcher = build_matcher(conf, weights)
+    if matcher is not None:
+        pair_fn = matcher_pairs(matcher, dataset_dir)
     elif features is not None and matches is not None:
         pair_fn = h5_pairs(features, matches)
     else:
