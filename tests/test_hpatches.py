@@ -23,10 +23,10 @@ def random_homography(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return cv2.getPerspectiveTransform(src, dst).astype(np.float64)
 
 
-def make_hpatches(root: Path, size: int = 320, seed: int = 0) -> Path:
+def make_hpatches(root: Path, size: int = 320, seed: int = 0, photos=PHOTOS) -> Path:
     """An HPatches-shaped folder from skimage photos with known homographies."""
     rng = np.random.default_rng(seed)
-    for seq, photo in PHOTOS.items():
+    for seq, photo in photos.items():
         image = Image.fromarray(getattr(skdata, photo)()).convert("RGB")
         image.thumbnail((size, size), Image.BICUBIC)
         img = np.asarray(image)
@@ -216,3 +216,27 @@ def test_results_table_and_plot(dataset, tmp_path):
     assert "<= (1, 3, 5) px" in table and "exact  | 1.00/1.00/1.00 " in table
     hp.plot_mma({"exact": loaded, "other": loaded}, tmp_path / "mma.png")
     assert (tmp_path / "mma.png").stat().st_size > 1000
+
+
+def test_pipeline_smoke(tmp_path, golden_weights, monkeypatch):
+    """The real model through the pipeline (random weights: no accuracy check)."""
+    from pipelines import hpatches as pipeline
+
+    dataset = make_hpatches(tmp_path / "hp", size=192, photos={"v_rocket": "rocket"})
+    conf = {"output": "p2p-test", "model": {**pipeline.CONFS["patch2pix"]["model"]}}
+    conf["model"]["imsize"] = 192
+    path = pipeline.main(conf, dataset, tmp_path / "out", golden_weights)
+    assert path == tmp_path / "out" / "hpatches-p2p-test-original.json"
+    summary = hp.load_summary(path)
+    assert summary["viewpoint"]["pairs"] == 5 and summary["overall"]["time"] > 0
+    for name in ("original.csv", "resized.json", "resized.csv"):
+        assert (tmp_path / "out" / f"hpatches-p2p-test-{name}").is_file()
+    assert (tmp_path / "out" / "hpatches-mma-original.png").is_file()
+
+    def no_matching(*args):
+        raise AssertionError("re-matched although cached")
+
+    monkeypatch.setattr(pipeline, "build_match_fn", no_matching)
+    pipeline.main(conf, dataset, tmp_path / "out", golden_weights, protocols=["resized"])
+    with pytest.raises(hp.HPatchesError, match="another conf"):
+        pipeline.main({**conf, "model": {**conf["model"], "imsize": 320}}, dataset, tmp_path / "out")
