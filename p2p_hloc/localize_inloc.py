@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pycolmap
 import scipy.io
+from scipy.io.matlab import MatReadError
 from PIL import Image
 from tqdm import tqdm
 
@@ -76,7 +77,7 @@ def read_xyz(path: Path) -> np.ndarray:
     """``XYZcut`` of a cutout's ``.mat`` file."""
     try:
         xyz = scipy.io.loadmat(str(path))["XYZcut"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, MatReadError) as e:
         raise InLocError(f"cannot read XYZcut from {path}: {e!r}") from e
     if xyz.ndim != 3 or xyz.shape[2] != 3:
         raise InLocError(f"XYZcut of {path} has shape {xyz.shape}, expected (H, W, 3)")

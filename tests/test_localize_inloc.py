@@ -1,0 +1,95 @@
+import pickle
+
+import numpy as np
+import pytest
+from helpers_localization import SiftMatcher, logs, sift_h5  # noqa: F401
+
+from p2p_hloc import localize_inloc
+from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses
+from p2p_hloc.localize_inloc import interpolate_scan
+from p2p_hloc.synthetic import generate_inloc_scene
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inloc")
+    paths = generate_inloc_scene(root / "inloc", num_queries=3)
+    paths["features"], paths["matches"] = sift_h5(
+        paths["dataset"], [paths["pairs_query"]], root / "feats.h5", root / "matches.h5"
+    )
+    paths["root"] = root
+    return paths
+
+
+def run(scene, name, **kw):
+    kw.setdefault("features", scene["features"])
+    kw.setdefault("matches", scene["matches"])
+    return localize_inloc.main(
+        kw.pop("dataset", scene["dataset"]),
+        scene["pairs_query"],
+        scene["root"] / name,
+        focal_length=scene["focal_length"],
+        **kw,
+    )
+
+
+def test_interpolate_scan():
+    h, w = 6, 8
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    xyz = np.stack([u, v, u + v], -1).astype(float)  # linear: bilinear is exact
+    xyz[0, 0] = np.nan
+    kps = np.array(
+        [[2.0, 3.0], [4.25, 2.75], [1.3, 0.6], [0.5, 0.5], [0.2, 3.0], [7.5, 5.5]]
+    )
+    points, valid = interpolate_scan(xyz, kps)
+    assert valid.tolist() == [True, True, True, False, False, True]
+    np.testing.assert_allclose(points[0], [1.5, 2.5, 4.0])
+    np.testing.assert_allclose(points[1], [3.75, 2.25, 6.0])
+    np.testing.assert_allclose(points[2], [1.0, 0.0, 1.0])  # NaN neighbour: nearest
+    np.testing.assert_allclose(points[3], [7.0, 5.0, 12.0])
+
+
+@pytest.mark.parametrize("source", ["h5", "matcher"])
+def test_end_to_end(scene, source):
+    kw = (
+        dict(features=None, matches=None, matcher=SiftMatcher())
+        if source == "matcher"
+        else {}
+    )
+    results = run(scene, f"results_{source}.txt", **kw)
+    lines = results.read_text().splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith("IMG_") and len(line.split()) == 8 for line in lines
+    )
+    report = evaluate(results, scene["ground_truth"], THRESHOLDS["inloc"])
+    assert report["recall"]["0.25m,10.0deg"] == 1.0, report["errors"]
+
+
+def test_unreadable_files_are_skipped(scene, tmp_path, logs):
+    """An unreadable .mat and a missing alignment lose their cutouts only; a
+    query left with too few matches gets the fallback pose, not a crash."""
+    import shutil
+
+    dataset = tmp_path / "inloc"
+    shutil.copytree(scene["dataset"], dataset)
+    mat = next((dataset / "database/cutouts/DUC1/024").glob("*_0_0.jpg.mat"))
+    mat.write_bytes(b"not a mat file")
+    (dataset / "database/alignments/DUC1/transformations/DUC_trans_025.txt").unlink()
+    results = run(scene, "results_bad.txt", dataset=dataset)
+    assert (
+        "cannot read XYZcut" in logs.text
+        and "cannot read the scan alignment" in logs.text
+    )
+    poses = read_poses(results)
+    assert len(poses) == 3
+    with open(f"{results}_logs.pkl", "rb") as f:
+        log = pickle.load(f)["loc"]
+    assert {v["status"] for v in log.values()} <= {"localized", "fallback"}
+
+
+def test_failed_pnp_falls_back(scene, logs):
+    results = run(scene, "results_skip.txt", skip_matches=10**6)
+    assert "PnP failed" in logs.text
+    with open(f"{results}_logs.pkl", "rb") as f:
+        log = pickle.load(f)
+    assert len(log["fallback"]) == 3 and len(read_poses(results)) == 3
