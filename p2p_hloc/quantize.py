@@ -168,3 +168,107 @@ class ImmatchQuantizer:
     def get(self, name: str) -> np.ndarray:
         """``(K, 2)`` keypoints of an image, in id order."""
         return np.asarray(self.keypoints.get(name, []), np.float64).reshape(-1, 2)
+
+
+Keypoints = Dict[str, Tuple[np.ndarray, np.ndarray]]
+
+
+def _ids_cluster(
+    pairs: List[Tuple[str, str]], raw: List[dict], fixed: Dict[str, np.ndarray], radius: float
+) -> Tuple[Keypoints, List[Tuple[np.ndarray, np.ndarray]]]:
+    points: Dict[str, List[Tuple[int, int, np.ndarray, np.ndarray]]] = {}
+    ids = [[None, None] for _ in pairs]
+    for p, ((n0, n1), r) in enumerate(zip(pairs, raw)):
+        for side, name in enumerate((n0, n1)):
+            xy = r[f"keypoints{side}"]
+            if name in fixed:
+                ids[p][side] = assign_fixed(xy, fixed[name], radius)
+            else:
+                points.setdefault(name, []).append((p, side, xy, r["scores"]))
+    keypoints = {}
+    for name, items in points.items():
+        kps, labels, sums = cluster_points(
+            np.concatenate([it[2] for it in items]),
+            np.concatenate([it[3] for it in items]),
+            radius,
+        )
+        keypoints[name] = (kps, sums)
+        splits = np.cumsum([len(it[2]) for it in items])[:-1]
+        for (p, side, _, _), lab in zip(items, np.split(labels, splits)):
+            ids[p][side] = lab
+    return keypoints, ids
+
+
+def _ids_immatch(
+    pairs: List[Tuple[str, str]],
+    raw: List[dict],
+    fixed: Dict[str, np.ndarray],
+    radius: float,
+    psize: float,
+) -> Tuple[Keypoints, List[Tuple[np.ndarray, np.ndarray]]]:
+    q = ImmatchQuantizer(psize, radius)
+    ids = []
+    for (n0, n1), r in zip(pairs, raw):
+        ids.append(
+            [
+                assign_fixed(r[f"keypoints{s}"], fixed[n], radius)
+                if n in fixed
+                else q.add(n, r[f"keypoints{s}"])
+                for s, n in enumerate((n0, n1))
+            ]
+        )
+    sums: Dict[str, np.ndarray] = {}
+    for (n0, n1), r, pair_ids in zip(pairs, raw, ids):
+        for name, i in zip((n0, n1), pair_ids):
+            if name not in fixed:
+                k = len(q.keypoints[name])
+                s = np.bincount(i, weights=r["scores"], minlength=k)
+                sums[name] = sums.get(name, 0) + s
+    return {n: (q.get(n), s) for n, s in sums.items()}, ids
+
+
+def quantize_matches(
+    pairs: List[Tuple[str, str]],
+    raw: List[dict],
+    fixed: Dict[str, np.ndarray],
+    radius: float = 4.0,
+    min_score: float = 0.0,
+    method: str = "cluster",
+    psize: float = 48,
+) -> Tuple[Keypoints, List[Tuple[np.ndarray, np.ndarray]]]:
+    """Shared keypoints and one-to-one matches from raw pair matches.
+
+    Args:
+        pairs: ``(name0, name1)`` per pair (``immatch``: in pairs-file order).
+        raw: per pair ``keypoints0``, ``keypoints1`` ``(M, 2)``, ``scores``.
+        fixed: keypoints of images that must not change (nearest within
+            ``radius``); the keypoints of all other images are built.
+        min_score: raw matches with a lower score are dropped first.
+        method: ``cluster`` (``cluster_points``) or ``immatch``
+            (``ImmatchQuantizer``).
+    Returns:
+        ``{name: (keypoints (K, 2), scores (K,))}`` of the built images and,
+        per pair, ``matches0`` int32 ``(N0,)`` (-1: unmatched) and
+        ``matching_scores0`` float32 ``(N0,)``.
+    """
+    raw = [
+        {k: np.asarray(r[k])[np.asarray(r["scores"]) >= min_score] for k in
+         ("keypoints0", "keypoints1", "scores")}
+        for r in raw
+    ]
+    if method == "cluster":
+        keypoints, ids = _ids_cluster(pairs, raw, fixed, radius)
+    elif method == "immatch":
+        keypoints, ids = _ids_immatch(pairs, raw, fixed, radius, psize)
+    else:
+        raise ValueError(f"unknown quantization method {method!r}")
+    matches = []
+    for (n0, _), r, (ids0, ids1) in zip(pairs, raw, ids):
+        n = len(fixed[n0]) if n0 in fixed else len(keypoints[n0][0])
+        keep = unique_matches(ids0, ids1, r["scores"])
+        matches0 = np.full(n, -1, np.int32)
+        scores0 = np.zeros(n, np.float32)
+        matches0[ids0[keep]] = ids1[keep]
+        scores0[ids0[keep]] = r["scores"][keep]
+        matches.append((matches0, scores0))
+    return keypoints, matches

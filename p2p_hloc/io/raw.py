@@ -1,0 +1,66 @@
+"""Raw pair matches stored as they are computed: one small ``.npz`` per pair,
+written to a temporary name and renamed, so a killed run leaves only complete
+pairs (and maybe a stray ``.tmp``, ignored and overwritten)."""
+
+import hashlib
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+
+
+class RawMatchesError(RuntimeError):
+    """A raw-match file that is corrupt or does not hold the expected pair."""
+
+
+class RawMatches:
+    """``root/ab/abcdef....npz`` per ordered pair ``(name0, name1)`` holding
+    ``keypoints0``, ``keypoints1`` (corner convention), ``scores``, ``size0``,
+    ``size1`` and the two names."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, name0: str, name1: str) -> Path:
+        h = hashlib.sha1(f"{name0}\0{name1}".encode()).hexdigest()
+        return self.root / h[:2] / f"{h}.npz"
+
+    def find(self, name0: str, name1: str) -> Tuple[str, str]:
+        """The stored orientation of a pair, or ``None``."""
+        for pair in ((name0, name1), (name1, name0)):
+            if self.path(*pair).is_file():
+                return pair
+        return None
+
+    def write(self, name0: str, name1: str, data: Dict[str, np.ndarray]) -> None:
+        path = self.path(name0, name1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, name0=name0, name1=name1, **data)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read(self, name0: str, name1: str) -> Dict[str, np.ndarray]:
+        path = self.path(name0, name1)
+        try:
+            with np.load(path) as f:
+                data = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise RawMatchesError(
+                f"corrupt raw-match file {path} for pair ({name0}, {name1}): {e}; "
+                "delete it to recompute the pair"
+            ) from e
+        if (str(data.get("name0")), str(data.get("name1"))) != (name0, name1):
+            raise RawMatchesError(f"{path} does not hold the pair ({name0}, {name1})")
+        return data
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

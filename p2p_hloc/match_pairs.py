@@ -1,0 +1,339 @@
+"""Match a pairs file into hloc's features and matches h5 files.
+
+1. Pairs are parsed (blank lines and ``#`` comments skipped); self-pairs are
+   skipped and duplicates, in either direction, kept once (first orientation).
+   Every image must exist before anything runs.
+2. Pairs already in ``matches`` (either direction) are skipped; the others are
+   matched, images loaded by a DataLoader and the per-image work cached across
+   consecutive pairs. Raw matches are stored per pair as they come
+   (``<matches>.raw/``, one atomic file each): a killed run resumes there.
+3. Quantization (``p2p_hloc.quantize``) over all new pairs: per image, raw
+   points closer than 4 px merge; per pair, one-to-one by score. Images that
+   already have keypoints (in ``features`` or ``features_ref``) keep them.
+4. ``features`` and ``matches`` are written to temporary files and renamed;
+   the raw folder is then removed.
+
+Coordinates: matchers return the corner convention (Patch2Pix, COLMAP); the h5
+files get hloc's integer pixel centres through ``io.to_hloc_coords`` when
+written, nowhere else.
+"""
+
+import argparse
+import pprint
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import logger
+from .confs import confs
+from .io import (
+    from_hloc_coords,
+    list_h5_names,
+    names_to_pair,
+    parse_pairs,
+    to_hloc_coords,
+    write_keypoints,
+    write_matches,
+)
+from .io.h5 import open_h5
+from .io.raw import RawMatches
+from .matchers import BaseMatcher, build_matcher
+from .preprocess import ImageError
+from .quantize import quantize_matches
+
+Pair = Tuple[str, str]
+EDGE = 0.01  # keypoints stay strictly inside the image (localize_inloc asserts it)
+
+
+def unique_pairs(pairs: Sequence[Pair]) -> List[Pair]:
+    """Pairs without self-pairs and without repeats in either direction."""
+    seen, out = set(), []
+    for n0, n1 in pairs:
+        if n0 == n1:
+            logger.warning("Skipping the self-pair (%s, %s).", n0, n1)
+        elif (n0, n1) not in seen and (n1, n0) not in seen:
+            seen.add((n0, n1))
+            out.append((n0, n1))
+    return out
+
+
+def check_images(pairs: Sequence[Pair], image_dir: Path, pairs_path: Path) -> None:
+    missing = [(p, n) for p in pairs for n in p if not (image_dir / n).is_file()]
+    if missing:
+        lines = "\n".join(f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in missing[:5])
+        raise ImageError(f"{pairs_path}: {len(missing)} missing images, e.g.:\n{lines}")
+
+
+def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
+    """The pairs of ``pairs`` stored in ``matches`` in either direction."""
+    if not matches.exists():
+        return set()
+    keys = list_h5_names(matches)
+    return {
+        (n0, n1)
+        for n0, n1 in pairs
+        if names_to_pair(n0, n1) in keys or names_to_pair(n1, n0) in keys
+    }
+
+
+def load_fixed(paths: Sequence[Path], names: set) -> Dict[str, dict]:
+    """Keypoints (corner convention) of ``names`` found in hloc feature files;
+    the first file that has an image wins."""
+    fixed: Dict[str, dict] = {}
+    for path in paths:
+        with open_h5(path) as f:
+            for name in sorted(names - set(fixed)):
+                if name in f and "keypoints" in f[name]:
+                    g = f[name]
+                    kps = g["keypoints"][()].astype(np.float64)
+                    scores = next((g[k][()] for k in ("scores", "keypoint_scores") if k in g), None)
+                    size = g["image_size"][()] if "image_size" in g else None
+                    fixed[name] = {"keypoints": kps, "scores": scores, "size": size}
+    return fixed
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    def __init__(self, matcher: BaseMatcher, image_dir: Path, names: Sequence[str]):
+        self.matcher, self.image_dir, self.names = matcher, image_dir, names
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return self.matcher.load(self.image_dir / self.names[i])
+
+
+def _identity(x):
+    return x
+
+
+def load_order(pairs: Sequence[Pair], cache_size: int) -> List[str]:
+    """The images to load, in order, when pairs run with an LRU cache."""
+    cache: OrderedDict = OrderedDict()
+    loads = []
+    for pair in pairs:
+        for name in pair:
+            if name in cache:
+                cache.move_to_end(name)
+                continue
+            loads.append(name)
+            cache[name] = None
+            if len(cache) > cache_size:
+                cache.popitem(last=False)
+    return loads
+
+
+def match_raw(
+    matcher: BaseMatcher,
+    pairs: Sequence[Pair],
+    image_dir: Path,
+    raw: RawMatches,
+    num_workers: int,
+    cache_size: int = 4,
+) -> None:
+    """Match ``pairs`` (sorted, so that images repeat) into ``raw``."""
+    assert cache_size >= 2
+    names = load_order(pairs, cache_size)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(matcher, image_dir, names),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_identity,
+    )
+    images = iter(loader)
+    cache: OrderedDict = OrderedDict()
+    for n0, n1 in tqdm(pairs, smoothing=0.1):
+        for name in (n0, n1):
+            if name in cache:
+                cache.move_to_end(name)
+                continue
+            try:
+                cache[name] = matcher.extract(next(images))
+            except ImageError as e:
+                raise ImageError(f"while matching the pair ({n0}, {n1}): {e}") from e
+            if len(cache) > cache_size:
+                cache.popitem(last=False)
+        pred = matcher.match(cache[n0], cache[n1])
+        sizes = {"size0": cache[n0]["size"], "size1": cache[n1]["size"]}
+        raw.write(n0, n1, {**pred, **{k: np.asarray(v) for k, v in sizes.items()}})
+
+
+def clip_to_image(xy: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Corner-convention points moved strictly inside the image."""
+    hi = np.asarray(size, np.float64) - 0.5 - EDGE
+    return np.clip(xy, 0.5 + EDGE, hi)
+
+
+def write_outputs(
+    features: Path,
+    matches: Path,
+    pairs: Sequence[Pair],
+    raw: List[dict],
+    keypoints: Dict[str, Tuple[np.ndarray, np.ndarray]],
+    matches0: List[Tuple[np.ndarray, np.ndarray]],
+    fixed: Dict[str, dict],
+    sizes: Dict[str, np.ndarray],
+) -> None:
+    """Add to copies of both files, then rename the copies over them."""
+    tmps = []
+    for path in (features, matches):
+        tmp = path.with_name(path.name + ".tmp")
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+        tmps.append(tmp)
+    have = list_h5_names(tmps[0]) if tmps[0].exists() else set()
+    for name, (kps, scores) in keypoints.items():
+        write_keypoints(tmps[0], name, to_hloc_coords(kps), sizes[name], scores)
+    for name, ref in fixed.items():  # the output stays self-contained
+        if name not in have:
+            size = ref["size"] if ref["size"] is not None else sizes[name]
+            kps = to_hloc_coords(ref["keypoints"])
+            write_keypoints(tmps[0], name, kps, size, ref["scores"])
+    for (n0, n1), r, (m0, s0) in zip(pairs, raw, matches0):
+        extra = {
+            "keypoints0": to_hloc_coords(r["keypoints0"]).astype(np.float32),
+            "keypoints1": to_hloc_coords(r["keypoints1"]).astype(np.float32),
+            "scores": r["scores"].astype(np.float32),
+        }
+        write_matches(tmps[1], n0, n1, m0, s0, **extra)
+    if not tmps[0].exists():  # no new image and no fixed one: still a valid file
+        h5py.File(tmps[0], "w").close()
+    for tmp, path in zip(tmps, (features, matches)):
+        tmp.replace(path)
+
+
+@torch.no_grad()
+def main(
+    conf: Dict,
+    pairs: Path,
+    image_dir: Path,
+    export_dir: Optional[Path] = None,
+    features: Optional[Path] = None,
+    matches: Optional[Path] = None,
+    weights: Optional[Path] = None,
+    overwrite: bool = False,
+    features_ref: Optional[Union[Path, Sequence[Path]]] = None,
+    proposals: Optional[Tuple[Path, Path]] = None,
+    num_workers: int = 2,
+) -> Tuple[Path, Path]:
+    """Match the pairs of ``pairs`` and write hloc's features and matches.
+
+    Args:
+        conf: a conf of ``p2p_hloc.confs``.
+        export_dir: where the default file names go (needed unless both
+            ``features`` and ``matches`` are given).
+        features: keypoints file (default ``feats_<output>.h5``). Images
+            already in it keep their keypoints (localization mode: pass the
+            mapping features and matches, and queries first in the pairs).
+        matches: matches file (default ``<output>_<pairs stem>.h5``); pairs
+            already in it are skipped, new ones are added.
+        weights: Patch2Pix checkpoint (default: the conf's official file).
+        overwrite: start both files afresh.
+        features_ref: feature files whose keypoints stay fixed (hloc's
+            ``match_dense``); they are copied into ``features``.
+        proposals: ``(features, matches)`` hloc files for the ``hloc_file``
+            source (``patch2pix_refine``).
+    Returns:
+        The paths of the features and matches files.
+    """
+    logger.info("Matching pairs with configuration:\n%s", pprint.pformat(conf))
+    pairs, image_dir = Path(pairs), Path(image_dir)
+    if features is None or matches is None:
+        if export_dir is None:
+            raise ValueError("export_dir is needed unless features and matches are given")
+        export_dir = Path(export_dir)
+        export_dir.mkdir(parents=True, exist_ok=True)
+    features = Path(features or export_dir / f"feats_{conf['output']}.h5")
+    matches = Path(matches or export_dir / f"{conf['output']}_{pairs.stem}.h5")
+    if isinstance(features_ref, (str, Path)):
+        features_ref = [features_ref]
+    raw = RawMatches(matches.with_name(matches.name + ".raw"))
+    if overwrite:
+        raw.remove()
+        for path in (features, matches):
+            path.unlink(missing_ok=True)
+
+    all_pairs = unique_pairs(parse_pairs(pairs))
+    check_images(all_pairs, image_dir, pairs)
+    done = done_pairs(matches, all_pairs)
+    new = [p for p in all_pairs if p not in done]
+    logger.info("%d pairs, %d already in %s.", len(all_pairs), len(done), matches.name)
+    if not new:
+        return features, matches
+
+    # resume: pairs with stored raw matches, in the stored orientation
+    stored = {p: raw.find(*p) for p in new}
+    todo = sorted(p for p, s in stored.items() if s is None)
+    new = [stored[p] or p for p in new]
+    if todo:
+        model_conf = dict(conf["model"])
+        if proposals is not None:
+            model_conf.update(features=proposals[0], matches=proposals[1], image_dir=image_dir)
+        matcher = build_matcher({**conf, "model": model_conf}, weights)
+        logger.info("Matching %d pairs (%d resumed).", len(todo), len(new) - len(todo))
+        match_raw(matcher, todo, image_dir, raw, num_workers)
+
+    names = {n for p in new for n in p}
+    fixed_files = ([features] if features.exists() else []) + list(features_ref or [])
+    fixed = load_fixed(fixed_files, names)
+    data, sizes = [], {}
+    for n0, n1 in new:
+        r = raw.read(n0, n1)
+        sizes[n0], sizes[n1] = r["size0"], r["size1"]
+        r["keypoints0"] = clip_to_image(r["keypoints0"], r["size0"])
+        r["keypoints1"] = clip_to_image(r["keypoints1"], r["size1"])
+        data.append(r)
+    q = conf["quantization"]
+    keypoints, matches0 = quantize_matches(
+        new,
+        data,
+        {n: from_hloc_coords(f["keypoints"]) for n, f in fixed.items()},
+        radius=q["radius"],
+        min_score=q.get("min_score", 0.0),
+        method=q.get("method", "cluster"),
+        psize=q.get("psize", 48),
+    )
+    n_kps = sum(len(k) for k, _ in keypoints.values())
+    n_matches = sum(int((m >= 0).sum()) for m, _ in matches0)
+    n_raw = sum(len(r["scores"]) for r in data)
+    logger.info(
+        "Quantized %d raw matches into %d keypoints over %d images and %d matches.",
+        n_raw, n_kps, len(keypoints), n_matches,
+    )
+    fixed = {n: f for n, f in fixed.items() if n in names}
+    write_outputs(features, matches, new, data, keypoints, matches0, fixed, sizes)
+    raw.remove()
+    logger.info("Wrote %s and %s.", features, matches)
+    return features, matches
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--conf", required=True, choices=list(confs.keys()))
+    p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument("--image_dir", type=Path, required=True)
+    p.add_argument("--export_dir", type=Path)
+    p.add_argument("--features", type=Path)
+    p.add_argument("--matches", type=Path)
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--features_ref", type=Path, nargs="+")
+    p.add_argument(
+        "--proposals", type=Path, nargs=2, metavar=("FEATURES", "MATCHES"),
+        help="hloc files read by the hloc_file source (patch2pix_refine)",
+    )
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+if __name__ == "__main__":
+    args = parser().parse_args()
+    main(**{**args.__dict__, "conf": confs[args.conf]})
