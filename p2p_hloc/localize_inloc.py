@@ -138,10 +138,12 @@ def h5_pairs(features: Path, matches: Path) -> PairFn:
 
 
 def matcher_pairs(matcher, dataset_dir: Path) -> PairFn:
-    """Matched keypoints of a pair from a matcher run on the fly."""
+    """Matched keypoints of a pair from a matcher run on the fly
+    (``p2p_hloc.matchers`` interface; recent images' preparations cached)."""
+    prepare = lru_cache(maxsize=8)(lambda name: matcher.prepare(dataset_dir / name))
 
     def pair(query: str, ref: str) -> Tuple[np.ndarray, np.ndarray]:
-        pred = matcher.match(dataset_dir / query, dataset_dir / ref)
+        pred = matcher.match(prepare(query), prepare(ref))
         return np.asarray(pred["keypoints0"]), np.asarray(pred["keypoints1"])
 
     return pair

@@ -254,12 +254,25 @@ def generate_scene(
     num_loc: int = 4,
     num_covis: int = 4,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Dict[str, Path]:
     """Write an Aachen-like dataset to ``output`` and return its paths:
     ``images`` (``db/*.png``, ``query/*.png``), ``reference`` (COLMAP model,
     no points), ``pairs_db``, ``pairs_query``, ``queries`` (with intrinsics) and
-    ``ground_truth`` (results format)."""
+    ``ground_truth`` (results format). An existing complete scene is kept
+    unless ``overwrite``."""
     output = Path(output)
+    paths = dict(
+        images=output / "images",
+        reference=output / "sfm_reference",
+        pairs_db=output / f"pairs-db-covis{num_covis}.txt",
+        pairs_query=output / f"pairs-query-nearest{num_loc}.txt",
+        queries=output / "queries_with_intrinsics.txt",
+        ground_truth=output / "query_poses_gt.txt",  # written last: marks completion
+    )
+    if paths["ground_truth"].exists() and not overwrite:
+        logger.info("Scene exists at %s: skipping.", output)
+        return paths
     rng = np.random.default_rng(seed)
     planes = room()
     db_poses = [
@@ -275,18 +288,11 @@ def generate_scene(
         height,
         "png",
     )
-    images = output / "images"
     for view in (*db, *queries):
-        (images / view.name).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(images / view.name), render(planes, view)[..., ::-1])
-    paths = dict(
-        images=images,
-        reference=write_model(db, output / "sfm_reference"),
-        pairs_db=output / f"pairs-db-covis{num_covis}.txt",
-        pairs_query=output / f"pairs-query-nearest{num_loc}.txt",
-        queries=output / "queries_with_intrinsics.txt",
-        ground_truth=output / "query_poses_gt.txt",
-    )
+        path = paths["images"] / view.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), render(planes, view)[..., ::-1])
+    write_model(db, paths["reference"])
     write_pairs(
         paths["pairs_db"],
         [
@@ -329,6 +335,7 @@ def generate_inloc_scene(
     height: int = 360,
     num_loc: int = 4,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Dict[str, Path]:
     """Write an InLoc-like dataset to ``output``: ``query/iphone7/IMG_*.JPG``,
     ``database/cutouts/DUC1/{scan}/DUC_cutout_{scan}_{yaw}_0.jpg`` with
@@ -336,6 +343,15 @@ def generate_inloc_scene(
     ``database/alignments/DUC1/transformations/DUC_trans_{scan}.txt``. Returns
     ``dataset``, ``pairs_query``, ``ground_truth`` and the query ``focal_length``."""
     output = Path(output)
+    paths = dict(
+        dataset=output,
+        pairs_query=output / f"pairs-query-nearest{num_loc}.txt",
+        ground_truth=output / "query_poses_gt.txt",  # written last: marks completion
+        focal_length=FOCAL_RATIO * width,
+    )
+    if paths["ground_truth"].exists() and not overwrite:
+        logger.info("Scene exists at %s: skipping.", output)
+        return paths
     rng = np.random.default_rng(seed)
     planes = room()
     cutouts = []
@@ -373,17 +389,11 @@ def generate_inloc_scene(
             render(planes, q)[..., ::-1],
             [cv2.IMWRITE_JPEG_QUALITY, 95],
         )
-    paths = dict(
-        dataset=output,
-        pairs_query=output / f"pairs-query-nearest{num_loc}.txt",
-        ground_truth=output / "query_poses_gt.txt",
-    )
     write_pairs(
         paths["pairs_query"],
         [(q.name, r.name) for q in queries for r in _nearest(q, cutouts, num_loc)],
     )
     write_poses(paths["ground_truth"], {q.name: (q.qvec, q.t) for q in queries})
-    paths["focal_length"] = FOCAL_RATIO * width
     return paths
 
 
@@ -402,4 +412,5 @@ if __name__ == "__main__":
     parser.add_argument("--inloc", action="store_true")
     parser.add_argument("--num_queries", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
     main(**vars(parser.parse_args()))
