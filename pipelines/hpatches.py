@@ -8,47 +8,22 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import torch
-
-from p2p_hloc import load_model, logger
+from p2p_hloc import logger
+from p2p_hloc.confs import confs
 from p2p_hloc.eval import hpatches as hp
-from p2p_hloc.preprocess import load_image
-from p2p_hloc.weights import DEFAULT, get_weights
-
-
-# Until p2p_hloc.confs lands: the two paper settings of Table 1.
-CONFS = {
-    "patch2pix": {
-        "output": "matches-patch2pix",
-        "model": {"name": "patch2pix", "imsize": 1024, "match_threshold": 0.25},
-    },
-    "ncnet": {
-        "output": "matches-ncnet",
-        "model": {"name": "ncnet", "imsize": 1024, "match_threshold": 0.9},
-    },
-}
+from p2p_hloc.eval.homography import SOLVERS
+from p2p_hloc.matchers import build_matcher
 
 
 def build_match_fn(conf: Dict, weights: Optional[Path]) -> hp.MatchFn:
-    """``match_fn(path0, path1)`` returning matches in original pixels."""
-    coarse_only = conf["model"]["name"] == "ncnet"
-    name = "ncn_ivd_5ep.pth" if coarse_only else DEFAULT
-    model = load_model(get_weights(name, weights), coarse_only=coarse_only)
-    imsize, threshold = conf["model"]["imsize"], conf["model"]["match_threshold"]
+    """Adapt a conf's matcher to ``match_fn(path0, path1)``, with both images
+    loaded and matched in each call (the timing of the paper)."""
+    matcher = build_matcher(conf, weights)
 
-    @torch.no_grad()
     def match_fn(path0: Path, path1: Path) -> Dict:
-        x0, s0, _ = load_image(path0, imsize)
-        x1, s1, _ = load_image(path1, imsize)
-        return model.match(
-            x0[None].to(model.device),
-            x1[None].to(model.device),
-            s0,
-            s1,
-            threshold=threshold,
-            coarse_only=coarse_only,
-            keep_all_if_none=False,
-        )
+        data0, data1 = matcher.load(path0), matcher.load(path1)
+        pred = matcher.match(matcher.extract(data0), matcher.extract(data1))
+        return {**pred, "scale0": data0["scale"], "scale1": data1["scale"]}
 
     return match_fn
 
@@ -77,12 +52,10 @@ def main(
 
     paths = []
     for protocol in protocols:
-        records, summary = hp.evaluate(
-            pairs, cache_dir, protocol, conf["model"]["imsize"], solver, ransac_threshold
-        )
+        records, summary = hp.evaluate(pairs, cache_dir, protocol, solver, ransac_threshold)
         path = outputs / f"hpatches-{name}-{protocol}.json"
-        meta_p = {**meta, "protocol": protocol, "solver": solver}
-        hp.save_results(path, records, summary, {**meta_p, "threshold": ransac_threshold})
+        info = {"protocol": protocol, "solver": solver, "threshold": ransac_threshold}
+        hp.save_results(path, records, summary, {**meta, **info})
         paths.append(path)
         results = {
             json.loads(p.read_text())["method"]: hp.load_summary(p)
@@ -96,18 +69,18 @@ def main(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--conf", choices=list(CONFS), default="patch2pix")
+    parser.add_argument("--conf", choices=list(confs), default="patch2pix")
     parser.add_argument("--outputs", type=Path, required=True)
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--protocols", nargs="+", choices=hp.PROTOCOLS, default=hp.PROTOCOLS)
-    parser.add_argument("--solver", choices=["degensac", "opencv"], default="degensac")
+    parser.add_argument("--solver", choices=SOLVERS, default="degensac")
     parser.add_argument("--ransac_threshold", type=float, default=2.0)
     parser.add_argument("--all_sequences", action="store_true", help="all 116 sequences")
     parser.add_argument("--skip_incomplete", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     main(
-        CONFS[args.conf],
+        confs[args.conf],
         args.dataset,
         args.outputs,
         args.weights,

@@ -1,6 +1,6 @@
 import logging
 import shutil
-import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -11,6 +11,7 @@ from skimage import data as skdata
 
 from p2p_hloc.eval import homography as hom
 from p2p_hloc.eval import hpatches as hp
+from p2p_hloc.preprocess import target_size
 
 PHOTOS = {"i_coffee": "coffee", "i_chelsea": "chelsea", "v_astronaut": "astronaut"}
 PHOTOS.update({"v_rocket": "rocket", "v_talent": "immunohistochemistry"})  # excluded
@@ -50,8 +51,9 @@ def dataset(tmp_path_factory) -> Path:
     return make_hpatches(tmp_path_factory.mktemp("hpatches"))
 
 
-def exact_matches(path0: Path, path1: Path) -> dict:
-    """Grid points of image 1 and their true positions in image k."""
+def exact_matches(path0: Path, path1: Path, imsize: int = 1024) -> dict:
+    """Grid points of image 1 and their true positions in image k, and the
+    scales of a matcher working at ``imsize``."""
     H = np.loadtxt(path0.parent / f"H_1_{path1.stem}")
     w0, h0 = Image.open(path0).size
     w1, h1 = Image.open(path1).size
@@ -59,12 +61,15 @@ def exact_matches(path0: Path, path1: Path) -> dict:
     kpts0 = np.stack([x.ravel(), y.ravel()], 1)
     kpts1 = hom.warp_points(H, kpts0)
     keep = np.all((kpts1 >= 0) & (kpts1 <= [w1 - 1, h1 - 1]), axis=1)
-    return {"keypoints0": kpts0[keep], "keypoints1": kpts1[keep], "scores": np.ones(keep.sum())}
+    pred = {"keypoints0": kpts0[keep], "keypoints1": kpts1[keep], "scores": np.ones(keep.sum())}
+    for i, (w, h) in enumerate([(w0, h0), (w1, h1)]):
+        pred[f"scale{i}"] = np.array([w, h]) / target_size(w, h, imsize)
+    return pred
 
 
-def run(pairs, match_fn, tmp_path, protocol="original", imsize=1024):
+def run(pairs, match_fn, tmp_path, protocol="original"):
     hp.match_pairs(match_fn, pairs, tmp_path / "cache")
-    return hp.evaluate(pairs, tmp_path / "cache", protocol, imsize)
+    return hp.evaluate(pairs, tmp_path / "cache", protocol)
 
 
 def test_sequences_and_pairs(dataset):
@@ -80,7 +85,8 @@ def test_sequences_and_pairs(dataset):
 
 @pytest.mark.parametrize("protocol,imsize", [("original", 1024), ("resized", 160)])
 def test_exact_matches(dataset, tmp_path, protocol, imsize):
-    records, summary = run(hp.load_pairs(dataset), exact_matches, tmp_path, protocol, imsize)
+    match_fn = partial(exact_matches, imsize=imsize)
+    records, summary = run(hp.load_pairs(dataset), match_fn, tmp_path, protocol)
     for split in hp.SPLITS:
         assert summary[split]["h_correct"][1] == 1.0
         assert summary[split]["mma"][1] == 1.0
@@ -220,11 +226,12 @@ def test_results_table_and_plot(dataset, tmp_path):
 
 def test_pipeline_smoke(tmp_path, golden_weights, monkeypatch):
     """The real model through the pipeline (random weights: no accuracy check)."""
+    from p2p_hloc.confs import confs
     from pipelines import hpatches as pipeline
 
     dataset = make_hpatches(tmp_path / "hp", size=192, photos={"v_rocket": "rocket"})
-    conf = {"output": "p2p-test", "model": {**pipeline.CONFS["patch2pix"]["model"]}}
-    conf["model"]["imsize"] = 192
+    conf = {**confs["patch2pix"], "output": "p2p-test"}
+    conf["preprocessing"] = {**conf["preprocessing"], "resize_max": 160}
     path = pipeline.main(conf, dataset, tmp_path / "out", golden_weights)
     assert path == tmp_path / "out" / "hpatches-p2p-test-original.json"
     summary = hp.load_summary(path)
@@ -232,6 +239,8 @@ def test_pipeline_smoke(tmp_path, golden_weights, monkeypatch):
     for name in ("original.csv", "resized.json", "resized.csv"):
         assert (tmp_path / "out" / f"hpatches-p2p-test-{name}").is_file()
     assert (tmp_path / "out" / "hpatches-mma-original.png").is_file()
+    cached = hp.load_matches(tmp_path / "out" / "matches" / "p2p-test" / "v_rocket" / "1_2.npz")
+    assert np.allclose(cached["scale0"], cached["size0"] / np.array(target_size(192, 128, 160)))
 
     def no_matching(*args):
         raise AssertionError("re-matched although cached")
@@ -239,4 +248,4 @@ def test_pipeline_smoke(tmp_path, golden_weights, monkeypatch):
     monkeypatch.setattr(pipeline, "build_match_fn", no_matching)
     pipeline.main(conf, dataset, tmp_path / "out", golden_weights, protocols=["resized"])
     with pytest.raises(hp.HPatchesError, match="another conf"):
-        pipeline.main({**conf, "model": {**conf["model"], "imsize": 320}}, dataset, tmp_path / "out")
+        pipeline.main({**conf, "refine": {}}, dataset, tmp_path / "out", golden_weights)

@@ -7,10 +7,13 @@ corners at 1/3/5/10 px, and the mean matching accuracy (MMA) at 1..10 px.
 
 Two resolutions: ``original`` (the paper: errors in original pixels) and
 ``resized`` (the toolbox since 2022, ``no_match_upscale``: matches, H_gt and
-corners expressed in the network-input image, larger side ``imsize``).
+corners expressed in the matcher's input image, e.g. larger side 1024). The
+2021 toolbox also swapped w and h in its corner list; that is not reproduced.
 
-Matches are cached per pair (``.npz``, written atomically) in original pixels,
-so both protocols and any re-run reuse them without re-matching.
+Matches are cached per pair (``.npz``, written atomically) in original pixels
+with the matcher's resize factors, so both protocols and any re-run reuse them
+without re-matching. Match coordinates are used as the matcher returns them
+(the toolbox applies ``H_1_k`` to Patch2Pix outputs the same way).
 """
 
 import csv
@@ -26,7 +29,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..preprocess import target_size
 from . import homography as hom
 
 logger = logging.getLogger("p2p_hloc")
@@ -49,6 +51,8 @@ SPLITS = {"overall": "iv", "illumination": "i", "viewpoint": "v"}
 MMA_THRESHOLDS = tuple(range(1, 11))
 H_THRESHOLDS = (1, 3, 5, 10)
 
+# (path0, path1) -> keypoints0, keypoints1 (N, 2) original pixels, scores (N,),
+# scale0, scale1: per-axis original / network-input size of each image.
 MatchFn = Callable[[Path, Path], Dict[str, np.ndarray]]
 
 
@@ -171,7 +175,7 @@ def _to_numpy(x) -> np.ndarray:
 def match_pairs(
     match_fn: MatchFn, pairs: Sequence[Pair], cache_dir: Path, overwrite: bool = False
 ) -> None:
-    """Match every pair not yet cached; store matches, sizes and time."""
+    """Match every pair not yet cached; store matches, scales, sizes and time."""
     todo = [p for p in pairs if overwrite or load_matches(cache_path(cache_dir, p)) is None]
     logger.info("Matching %d pairs (%d cached).", len(todo), len(pairs) - len(todo))
     for pair in tqdm(todo, desc="match", smoothing=0.1):
@@ -186,6 +190,7 @@ def match_pairs(
         data = dict(keypoints0=kpts0, keypoints1=kpts1, scores=scores)
         data["time"] = np.float64(elapsed)
         for i, path in enumerate((pair.image0, pair.image1)):
+            data[f"scale{i}"] = np.asarray(pred[f"scale{i}"], dtype=np.float64)
             with Image.open(path) as im:
                 data[f"size{i}"] = np.array(im.size, dtype=np.int64)
         save_matches(cache_path(cache_dir, pair), data)
@@ -195,7 +200,6 @@ def evaluate_pair(
     pair: Pair,
     data: Dict[str, np.ndarray],
     protocol: str = "original",
-    imsize: int = 1024,
     solver: str = "degensac",
     ransac_threshold: float = 2.0,
 ) -> Dict:
@@ -203,10 +207,10 @@ def evaluate_pair(
     kpts0, kpts1, H = data["keypoints0"], data["keypoints1"], pair.H
     w, h = data["size0"]
     if protocol == "resized":
-        s0, s1 = (d / np.array(target_size(*d, imsize)) for d in (data["size0"], data["size1"]))
+        s0, s1 = data["scale0"], data["scale1"]
         kpts0, kpts1 = kpts0 / s0, kpts1 / s1
         H = hom.scale_homography(H, s0, s1)
-        w, h = target_size(w, h, imsize)
+        w, h = np.round(data["size0"] / s0)
     elif protocol != "original":
         raise ValueError(f"unknown protocol {protocol!r}, use one of {PROTOCOLS}")
     H_est, inliers = hom.estimate_homography(kpts0, kpts1, solver, ransac_threshold)
@@ -252,7 +256,6 @@ def evaluate(
     pairs: Sequence[Pair],
     cache_dir: Path,
     protocol: str = "original",
-    imsize: int = 1024,
     solver: str = "degensac",
     ransac_threshold: float = 2.0,
 ) -> tuple:
@@ -262,7 +265,7 @@ def evaluate(
         data = load_matches(cache_path(cache_dir, pair))
         if data is None:
             raise FileNotFoundError(f"no cached matches for {pair.name} in {cache_dir}")
-        records.append(evaluate_pair(pair, data, protocol, imsize, solver, ransac_threshold))
+        records.append(evaluate_pair(pair, data, protocol, solver, ransac_threshold))
     return records, summarize(records)
 
 
