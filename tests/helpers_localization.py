@@ -13,9 +13,7 @@ from p2p_hloc.io import parse_pairs, to_hloc_coords, write_keypoints, write_matc
 
 
 class SiftMatcher:
-    """OpenCV SIFT with mutual nearest neighbours, with the interface of
-    p2p_hloc's matchers: ``match(prepare(path0), prepare(path1))`` returns
-    keypoints in the corner convention."""
+    """OpenCV SIFT (corner convention) with mutual nearest neighbours."""
 
     def __init__(self, num_features: int = 2000):
         self.sift = cv2.SIFT_create(num_features)
@@ -38,17 +36,6 @@ class SiftMatcher:
         return np.array(
             [(m.queryIdx, m.trainIdx) for m in self.bf.match(d0, d1)]
         ).reshape(-1, 2)
-
-    def prepare(self, path) -> Path:
-        return Path(path)
-
-    def match(self, path0, path1) -> Dict[str, np.ndarray]:
-        m = self.match_indices(path0, path1)
-        return dict(
-            keypoints0=self.features(path0)[0][m[:, 0]],
-            keypoints1=self.features(path1)[0][m[:, 1]],
-            scores=np.ones(len(m)),
-        )
 
 
 def sift_h5(

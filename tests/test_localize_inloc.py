@@ -2,9 +2,10 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers_localization import SiftMatcher, logs, sift_h5  # noqa: F401
+from helpers_localization import logs, sift_h5  # noqa: F401
 
 from p2p_hloc import localize_inloc
+from p2p_hloc.confs import confs
 from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses
 from p2p_hloc.localize_inloc import interpolate_scan
 from p2p_hloc.synthetic import generate_inloc_scene
@@ -49,11 +50,12 @@ def test_interpolate_scan():
     np.testing.assert_allclose(points[3], [7.0, 5.0, 12.0])
 
 
-@pytest.mark.parametrize("source", ["h5", "matcher"])
+@pytest.mark.parametrize("source", ["h5", "conf"])
 def test_end_to_end(scene, source):
+    """h5 files, or p2p_hloc's SIFT matcher run on each pair (no quantization)."""
     kw = (
-        dict(features=None, matches=None, matcher=SiftMatcher())
-        if source == "matcher"
+        dict(features=None, matches=None, conf=confs["sift"])
+        if source == "conf"
         else {}
     )
     results = run(scene, f"results_{source}.txt", **kw)
