@@ -83,8 +83,8 @@ def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
 
 
 def load_fixed(paths: Sequence[Path], names: set) -> Dict[str, dict]:
-    """Keypoints (corner convention) of ``names`` found in hloc feature files;
-    the first file that has an image wins."""
+    """Keypoints (as stored: hloc convention) of ``names`` found in hloc
+    feature files; the first file that has an image wins."""
     fixed: Dict[str, dict] = {}
     for path in paths:
         with open_h5(path) as f:
@@ -195,8 +195,7 @@ def write_outputs(
     for name, ref in fixed.items():  # the output stays self-contained
         if name not in have:
             size = ref["size"] if ref["size"] is not None else sizes[name]
-            kps = to_hloc_coords(ref["keypoints"])
-            write_keypoints(tmps[0], name, kps, size, ref["scores"])
+            write_keypoints(tmps[0], name, ref["keypoints"], size, ref["scores"])
     for (n0, n1), r, (m0, s0) in zip(pairs, raw, matches0):
         extra = {
             "keypoints0": to_hloc_coords(r["keypoints0"]).astype(np.float32),
