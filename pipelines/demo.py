@@ -17,11 +17,10 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from p2p_hloc import localize_sfm, logger, triangulation
+from p2p_hloc import localize_sfm, logger, match_pairs, triangulation
 from p2p_hloc.confs import confs
 from p2p_hloc.eval import poses as pose_eval
 from p2p_hloc.io import from_hloc_coords, get_keypoints, get_matches, parse_pairs
-from p2p_hloc.io import write_pairs
 from p2p_hloc.synthetic import generate_scene
 from p2p_hloc.viz import plot_matches
 from p2p_hloc.weights import WeightsNotFoundError, get_weights
@@ -54,29 +53,20 @@ def main(
     proposals: str = "patch2pix",
     weights: Optional[Path] = None,
     num_queries: int = 4,
-    overwrite: bool = False,
 ) -> dict:
-    """Run the demo; returns the pose-error report."""
-    from p2p_hloc import match_pairs
-
+    """Run the demo; returns the pose-error report. Steps whose outputs exist
+    in ``outputs`` are skipped: use an empty folder to start afresh."""
     outputs = Path(outputs)
     conf = confs[PROPOSALS[proposals]]
     if proposals == "patch2pix":
         weights = get_weights(path=weights)  # raises with instructions when absent
-    scene = generate_scene(
-        outputs / "scene", num_queries=num_queries, overwrite=overwrite
-    )
-    pairs = write_pairs(
-        outputs / "pairs-all.txt",
-        parse_pairs(scene["pairs_db"]) + parse_pairs(scene["pairs_query"]),
-    )
-    features, matches = match_pairs.main(
+    scene = generate_scene(outputs / "scene", num_queries=num_queries)
+    features, sfm_matches = match_pairs.main(
         conf,
-        pairs,
+        scene["pairs_db"],
         scene["images"],
-        export_dir=outputs,
+        outputs,
         weights=weights,
-        overwrite=overwrite,
     )
     sfm = triangulation.main(
         outputs / f"sfm_{proposals}",
@@ -84,8 +74,15 @@ def main(
         scene["images"],
         scene["pairs_db"],
         features,
-        matches,
-        overwrite=overwrite,
+        sfm_matches,
+    )
+    _, matches = match_pairs.main(  # database keypoints stay fixed
+        conf,
+        scene["pairs_query"],
+        scene["images"],
+        outputs,
+        features=features,
+        weights=weights,
     )
     results = localize_sfm.main(
         sfm,
@@ -95,7 +92,6 @@ def main(
         matches,
         outputs / "results.txt",
         ransac_thresh=12.0,
-        overwrite=overwrite,
     )
     report = pose_eval.main(
         results, scene["ground_truth"], "aachen", outputs / "pose_errors.json"
@@ -117,7 +113,6 @@ if __name__ == "__main__":
         "--weights", type=Path, help="Patch2Pix checkpoint (default: the cache)"
     )
     parser.add_argument("--num_queries", type=int, default=4)
-    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     try:
         main(**vars(args))
