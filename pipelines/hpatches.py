@@ -47,12 +47,16 @@ def main(
     cache_dir = outputs / "matches" / name
     meta = {"method": name, "conf": conf, "weights": weights and Path(weights).name}
     hp.check_cache(cache_dir, meta, overwrite)
-    if overwrite or any(hp.load_matches(hp.cache_path(cache_dir, p)) is None for p in pairs):
+    if overwrite or any(
+        hp.load_matches(hp.cache_path(cache_dir, p)) is None for p in pairs
+    ):
         hp.match_pairs(build_match_fn(conf, weights), pairs, cache_dir, overwrite)
 
     paths = []
     for protocol in protocols:
-        records, summary = hp.evaluate(pairs, cache_dir, protocol, solver, ransac_threshold)
+        records, summary = hp.evaluate(
+            pairs, cache_dir, protocol, solver, ransac_threshold
+        )
         path = outputs / f"hpatches-{name}-{protocol}.json"
         info = {"protocol": protocol, "solver": solver, "threshold": ransac_threshold}
         hp.save_results(path, records, summary, {**meta, **info})
@@ -72,10 +76,14 @@ if __name__ == "__main__":
     parser.add_argument("--conf", choices=list(confs), default="patch2pix")
     parser.add_argument("--outputs", type=Path, required=True)
     parser.add_argument("--weights", type=Path)
-    parser.add_argument("--protocols", nargs="+", choices=hp.PROTOCOLS, default=hp.PROTOCOLS)
+    parser.add_argument(
+        "--protocols", nargs="+", choices=hp.PROTOCOLS, default=hp.PROTOCOLS
+    )
     parser.add_argument("--solver", choices=SOLVERS, default="degensac")
     parser.add_argument("--ransac_threshold", type=float, default=2.0)
-    parser.add_argument("--all_sequences", action="store_true", help="all 116 sequences")
+    parser.add_argument(
+        "--all_sequences", action="store_true", help="all 116 sequences"
+    )
     parser.add_argument("--skip_incomplete", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()

@@ -26,7 +26,12 @@ def test_mma():
 
 
 def test_corner_error():
-    assert hom.image_corners(320, 240).tolist() == [[0, 0], [0, 239], [319, 0], [319, 239]]
+    assert hom.image_corners(320, 240).tolist() == [
+        [0, 0],
+        [0, 239],
+        [319, 0],
+        [319, 239],
+    ]
     assert hom.corner_error(H_TRUE, H_TRUE, 320, 240) == pytest.approx(0, abs=1e-9)
     shifted = np.array([[1, 0, 3], [0, 1, 4], [0, 0, 1.0]]) @ H_TRUE
     assert hom.corner_error(H_TRUE, shifted, 320, 240) == pytest.approx(5)

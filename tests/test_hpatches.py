@@ -37,7 +37,9 @@ def make_hpatches(root: Path, size: int = 320, seed: int = 0, photos=PHOTOS) -> 
         for k in range(2, 7):
             if seq.startswith("i_"):
                 H = np.eye(3)
-                out = np.clip(img * rng.uniform(0.4, 1.4) + rng.uniform(-30, 30), 0, 255)
+                out = np.clip(
+                    img * rng.uniform(0.4, 1.4) + rng.uniform(-30, 30), 0, 255
+                )
             else:
                 H = random_homography(w, h, rng)
                 out = cv2.warpPerspective(img, H, (w, h))
@@ -61,7 +63,11 @@ def exact_matches(path0: Path, path1: Path, imsize: int = 1024) -> dict:
     kpts0 = np.stack([x.ravel(), y.ravel()], 1)
     kpts1 = hom.warp_points(H, kpts0)
     keep = np.all((kpts1 >= 0) & (kpts1 <= [w1 - 1, h1 - 1]), axis=1)
-    pred = {"keypoints0": kpts0[keep], "keypoints1": kpts1[keep], "scores": np.ones(keep.sum())}
+    pred = {
+        "keypoints0": kpts0[keep],
+        "keypoints1": kpts1[keep],
+        "scores": np.ones(keep.sum()),
+    }
     for i, (w, h) in enumerate([(w0, h0), (w1, h1)]):
         pred[f"scale{i}"] = np.array([w, h]) / target_size(w, h, imsize)
     return pred
@@ -75,7 +81,9 @@ def run(pairs, match_fn, tmp_path, protocol="original"):
 def test_sequences_and_pairs(dataset):
     names = [p.name for p in hp.list_sequences(dataset)]
     assert names == ["v_rocket", "v_astronaut", "i_coffee", "i_chelsea"]
-    assert "v_talent" in [p.name for p in hp.list_sequences(dataset, all_sequences=True)]
+    assert "v_talent" in [
+        p.name for p in hp.list_sequences(dataset, all_sequences=True)
+    ]
     pairs = hp.load_pairs(dataset)
     assert len(pairs) == 20
     assert [p.name for p in pairs[:2]] == ["v_rocket/1_2", "v_rocket/1_3"]
@@ -175,6 +183,9 @@ def test_cache_is_reused(dataset, tmp_path):
     hp.cache_path(tmp_path, pairs[0]).write_bytes(b"truncated")
     hp.match_pairs(counting, pairs, tmp_path)
     assert len(calls) == 6
+    hp.save_matches(hp.cache_path(tmp_path, pairs[1]), {"keypoints0": np.zeros((0, 2))})
+    hp.match_pairs(counting, pairs, tmp_path)
+    assert len(calls) == 7
     cached = hp.load_matches(hp.cache_path(tmp_path, pairs[0]))
     assert cached["size0"].tolist() == list(Image.open(pairs[0].image0).size)
     assert cached["time"] > 0
@@ -215,7 +226,9 @@ def test_results_table_and_plot(dataset, tmp_path):
     path = tmp_path / "hpatches-exact-original.json"
     hp.save_results(path, records, summary, {"method": "exact"})
     loaded = hp.load_summary(path)
-    assert loaded["overall"]["mma"][1] == 1.0 and loaded["overall"]["h_correct"][3] == 1.0
+    assert (
+        loaded["overall"]["mma"][1] == 1.0 and loaded["overall"]["h_correct"][3] == 1.0
+    )
     rows = path.with_suffix(".csv").read_text().splitlines()
     assert len(rows) == 21 and rows[0].startswith("sequence,target,kind")
     table = hp.format_table({"exact": loaded})
@@ -239,13 +252,19 @@ def test_pipeline_smoke(tmp_path, golden_weights, monkeypatch):
     for name in ("original.csv", "resized.json", "resized.csv"):
         assert (tmp_path / "out" / f"hpatches-p2p-test-{name}").is_file()
     assert (tmp_path / "out" / "hpatches-mma-original.png").is_file()
-    cached = hp.load_matches(tmp_path / "out" / "matches" / "p2p-test" / "v_rocket" / "1_2.npz")
-    assert np.allclose(cached["scale0"], cached["size0"] / np.array(target_size(192, 128, 160)))
+    cached = hp.load_matches(
+        tmp_path / "out" / "matches" / "p2p-test" / "v_rocket" / "1_2.npz"
+    )
+    assert np.allclose(
+        cached["scale0"], cached["size0"] / np.array(target_size(192, 128, 160))
+    )
 
     def no_matching(*args):
         raise AssertionError("re-matched although cached")
 
     monkeypatch.setattr(pipeline, "build_match_fn", no_matching)
-    pipeline.main(conf, dataset, tmp_path / "out", golden_weights, protocols=["resized"])
+    pipeline.main(
+        conf, dataset, tmp_path / "out", golden_weights, protocols=["resized"]
+    )
     with pytest.raises(hp.HPatchesError, match="another conf"):
         pipeline.main({**conf, "refine": {}}, dataset, tmp_path / "out", golden_weights)

@@ -95,7 +95,9 @@ def corner_error(
     if H_est is None:
         return float("inf")
     corners = image_corners(width, height)
-    err = np.linalg.norm(warp_points(H_gt, corners) - warp_points(H_est, corners), axis=1)
+    err = np.linalg.norm(
+        warp_points(H_gt, corners) - warp_points(H_est, corners), axis=1
+    )
     mean = float(np.mean(err))
     return mean if np.isfinite(mean) else float("inf")
 

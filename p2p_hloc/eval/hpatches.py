@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -49,6 +50,16 @@ TARGETS = range(2, 7)
 PROTOCOLS = ("original", "resized")
 SPLITS = {"overall": "iv", "illumination": "i", "viewpoint": "v"}
 MMA_THRESHOLDS = tuple(range(1, 11))
+CACHE_KEYS = {
+    "keypoints0",
+    "keypoints1",
+    "scores",
+    "time",
+    "scale0",
+    "scale1",
+    "size0",
+    "size1",
+}
 H_THRESHOLDS = (1, 3, 5, 10)
 
 # (path0, path1) -> keypoints0, keypoints1 (N, 2) original pixels, scores (N,),
@@ -123,7 +134,9 @@ def load_pairs(
             continue
         for k in TARGETS:
             H = read_homography(seq / f"H_1_{k}")
-            pairs.append(Pair(seq.name, k, seq / f"1{IMAGE_EXT}", seq / f"{k}{IMAGE_EXT}", H))
+            pairs.append(
+                Pair(seq.name, k, seq / f"1{IMAGE_EXT}", seq / f"{k}{IMAGE_EXT}", H)
+            )
     n_seq = len({p.sequence for p in pairs})
     logger.info("HPatches: %d sequences, %d pairs from %s.", n_seq, len(pairs), root)
     return pairs
@@ -143,15 +156,19 @@ def save_matches(path: Path, pred: Dict[str, np.ndarray]) -> None:
 
 
 def load_matches(path: Path) -> Optional[Dict[str, np.ndarray]]:
-    """A cached pair, or None if absent or unreadable (then re-matched)."""
+    """A cached pair, or None if absent, unreadable or incomplete (re-matched)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
+            data = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         logger.warning("Unreadable cache %s (%s): re-matching.", path, e)
         return None
+    if not CACHE_KEYS <= data.keys():
+        logger.warning("Incomplete cache %s: re-matching.", path)
+        return None
+    return data
 
 
 def check_cache(cache_dir: Path, meta: Dict, overwrite: bool = False) -> None:
@@ -176,7 +193,9 @@ def match_pairs(
     match_fn: MatchFn, pairs: Sequence[Pair], cache_dir: Path, overwrite: bool = False
 ) -> None:
     """Match every pair not yet cached; store matches, scales, sizes and time."""
-    todo = [p for p in pairs if overwrite or load_matches(cache_path(cache_dir, p)) is None]
+    todo = [
+        p for p in pairs if overwrite or load_matches(cache_path(cache_dir, p)) is None
+    ]
     logger.info("Matching %d pairs (%d cached).", len(todo), len(pairs) - len(todo))
     for pair in tqdm(todo, desc="match", smoothing=0.1):
         start = time.perf_counter()
@@ -293,7 +312,9 @@ def format_table(results: Dict[str, Dict], keys: Sequence[int] = (1, 3, 5)) -> s
     return "\n".join(lines)
 
 
-def save_results(path: Path, records: Sequence[Dict], summary: Dict, meta: Dict) -> None:
+def save_results(
+    path: Path, records: Sequence[Dict], summary: Dict, meta: Dict
+) -> None:
     """``path`` (.json: meta, summary, per-pair records) and a per-pair .csv."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**meta, "summary": summary, "pairs": list(records)}
@@ -302,7 +323,15 @@ def save_results(path: Path, records: Sequence[Dict], summary: Dict, meta: Dict)
     os.replace(tmp, path)
     with open(path.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        cols = ["sequence", "target", "kind", "matches", "inliers", "time", "corner_error"]
+        cols = [
+            "sequence",
+            "target",
+            "kind",
+            "matches",
+            "inliers",
+            "time",
+            "corner_error",
+        ]
         writer.writerow(cols + [f"mma@{t}" for t in MMA_THRESHOLDS])
         for r in records:
             writer.writerow([r[c] for c in cols] + r["mma"])
