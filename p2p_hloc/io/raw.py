@@ -8,7 +8,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class RawMatches:
         h = hashlib.sha1(f"{name0}\0{name1}".encode()).hexdigest()
         return self.root / h[:2] / f"{h}.npz"
 
-    def find(self, name0: str, name1: str) -> Tuple[str, str]:
+    def find(self, name0: str, name1: str) -> Optional[Tuple[str, str]]:
         """The stored orientation of a pair, or ``None``."""
         for pair in ((name0, name1), (name1, name0)):
             if self.path(*pair).is_file():
