@@ -315,7 +315,10 @@ def format_table(results: Dict[str, Dict], keys: Sequence[int] = (1, 3, 5)) -> s
 def save_results(
     path: Path, records: Sequence[Dict], summary: Dict, meta: Dict
 ) -> None:
-    """``path`` (.json: meta, summary, per-pair records) and a per-pair .csv."""
+    """``path`` (.json: meta, summary, per-pair records) and a per-pair .csv.
+
+    A failed estimate has ``corner_error`` Infinity, an empty split NaN (as
+    Python's json writes and reads them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**meta, "summary": summary, "pairs": list(records)}
     tmp = path.with_name(f".{path.name}.tmp")
