@@ -3,6 +3,8 @@ neighbourhood consensus and coarse match extraction.
 
 Shapes: a 4D correlation volume is ``(B, 1, H1, W1, H2, W2)`` (image-1 cells
 first). Coordinates follow the official code: column ``j`` is x, row ``i`` is y.
+The full-resolution volume is never stored: correlation and 4D max-pool run
+together on slabs of image-1 rows (``correlation_maxpool``).
 """
 
 from typing import Tuple
@@ -23,27 +25,65 @@ def correlation_4d(feat0: torch.Tensor, feat1: torch.Tensor) -> torch.Tensor:
     ``(B, 1, H1, W1, H2, W2)``."""
     b, c, h1, w1 = feat0.shape
     h2, w2 = feat1.shape[-2:]
-    corr = torch.bmm(feat0.reshape(b, c, h1 * w1).transpose(1, 2), feat1.reshape(b, c, -1))
+    a = feat0.permute(0, 2, 3, 1).reshape(b, h1 * w1, c)
+    corr = torch.bmm(a, feat1.reshape(b, c, h2 * w2))
     return corr.view(b, 1, h1, w1, h2, w2)
 
 
-def maxpool4d(corr: torch.Tensor, k: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Max over each ``k^4`` block of a ``(B, 1, H1, W1, H2, W2)`` volume.
+def _pool_argmax(corr: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Max and flat candidate index ``((di*k + dj)*k + dk)*k + dl`` (uint8) over
+    each ``k^4`` block of ``(h1, w1, h2, w2)`` -> ``(h1/k, w1/k, h2/k, w2/k)``."""
+    h1, w1, h2, w2 = corr.shape
+    if h1 % k or w1 % k or h2 % k or w2 % k:
+        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {tuple(corr.shape)}")
+    v = corr.reshape(h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
+    v = v.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(h1 // k, w1 // k, h2 // k, w2 // k, k**4)
+    pooled, idx = v.max(dim=-1)
+    return pooled, idx.to(torch.uint8)
 
-    Returns the pooled volume ``(B, 1, H1/k, W1/k, H2/k, W2/k)`` and the argmax
-    offsets ``(4, B, 1, H1/k, W1/k, H2/k, W2/k)`` (int64, order di, dj, dk, dl),
+
+def decode_argmax(idx: torch.Tensor, k: int = 2) -> torch.Tensor:
+    """Flat candidate indices -> ``(4, *idx.shape)`` int64 offsets di, dj, dk, dl."""
+    idx = idx.long()
+    return torch.stack([(idx // k**p) % k for p in (3, 2, 1, 0)])
+
+
+def maxpool4d(corr: torch.Tensor, k: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Max over each ``k^4`` block of a ``(1, 1, H1, W1, H2, W2)`` volume.
+
+    Returns the pooled volume ``(1, 1, H1/k, W1/k, H2/k, W2/k)`` and the argmax
+    offsets ``(4, 1, 1, H1/k, W1/k, H2/k, W2/k)`` (int64, order di, dj, dk, dl),
     with the official candidate order ``((di*k + dj)*k + dk)*k + dl``.
     """
-    b, c, h1, w1, h2, w2 = corr.shape
-    if h1 % k or w1 % k or h2 % k or w2 % k:
-        raise ValueError(f"4D max-pool needs feature sizes divisible by {k}, got {corr.shape}")
-    v = corr.view(b, c, h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
-    v = v.permute(0, 1, 2, 4, 6, 8, 3, 5, 7, 9).reshape(
-        b, c, h1 // k, w1 // k, h2 // k, w2 // k, k**4
-    )
-    pooled, idx = v.max(dim=-1)
-    offsets = torch.stack([(idx // k**p) % k for p in (3, 2, 1, 0)])
-    return pooled, offsets
+    pooled, idx = _pool_argmax(corr[0, 0], k)
+    return pooled[None, None], decode_argmax(idx[None, None], k)
+
+
+def correlation_maxpool(
+    feat0: torch.Tensor, feat1: torch.Tensor, k: int = 2, chunk: int = 1 << 22
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``maxpool4d(correlation_4d(feat0, feat1))`` on slabs of image-1 rows, so
+    that at most ``chunk`` full-resolution entries exist at a time.
+
+    Args: ``(1, C, H1, W1)``, ``(1, C, H2, W2)`` features (batch 1).
+    Returns: pooled ``(1, 1, h1, w1, h2, w2)`` and the flat candidate index
+    ``(1, 1, h1, w1, h2, w2)`` uint8 (see ``decode_argmax``).
+    """
+    _, c, h1, w1 = feat0.shape
+    h2, w2 = feat1.shape[-2:]
+    if h1 % k:
+        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {h1}")
+    a = feat0[0].permute(1, 2, 0)  # (H1, W1, C)
+    b = feat1[0].reshape(c, h2 * w2)
+    rows = max(1, chunk // (k * w1 * h2 * w2)) * k
+    pooled, index = [], []
+    for r in range(0, h1, rows):
+        slab = a[r : r + rows]
+        corr = (slab.reshape(-1, c) @ b).view(slab.shape[0], w1, h2, w2)
+        p, i = _pool_argmax(corr, k)
+        pooled.append(p)
+        index.append(i)
+    return torch.cat(pooled)[None, None], torch.cat(index)[None, None]
 
 
 def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -55,10 +95,12 @@ def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class Conv4d(nn.Module):
-    """4D cross-correlation, stride 1, zero padding ``k // 2`` on all four axes.
+    """Parameters of a 4D cross-correlation (stride 1, zero padding ``k // 2``).
 
     The weight is stored in the official pre-permuted layout
-    ``(kI, C_out, C_in, kJ, kK, kL)`` so that official checkpoints load as they are.
+    ``(kI, C_out, C_in, kJ, kK, kL)`` so that official checkpoints load as they
+    are; ``kernel`` gives the usual ``(C_out, C_in, kI, kJ, kK, kL)``. The
+    computation lives in ``NeighConsensus``.
     """
 
     def __init__(self, cin: int, cout: int, k: int = 3):
@@ -68,55 +110,72 @@ class Conv4d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(cout))
         nn.init.kaiming_uniform_(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H1, W1, H2, W2)`` -> ``(B, C_out, H1, W1, H2, W2)``."""
-        return conv4d(x, self.weight, self.bias)
+    @property
+    def kernel(self) -> torch.Tensor:
+        return self.weight.permute(1, 2, 0, 3, 4, 5)
 
 
-def conv4d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """4D convolution with a pre-permuted weight ``(kI, C_out, C_in, kJ, kK, kL)``:
-    one conv3d per tap of the first axis, over all its positions at once."""
-    k, cout, cin = weight.shape[:3]
-    b, _, h1, w1, h2, w2 = x.shape
-    p = k // 2
-    xp = F.pad(x, (0, 0, 0, 0, 0, 0, p, p))  # pad H1 only; conv3d pads the others
-    out = None
-    for a in range(k):
-        xa = xp[:, :, a : a + h1].transpose(1, 2).reshape(b * h1, cin, w1, h2, w2)
-        ya = F.conv3d(xa, weight[a], bias if a == p else None, padding=p)
-        out = ya if out is None else out + ya
-    return out.view(b, h1, cout, w1, h2, w2).transpose(1, 2)
-
-
-def swap_images(corr: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H1, W1, H2, W2)`` -> ``(B, C, H2, W2, H1, W1)``."""
-    return corr.permute(0, 1, 4, 5, 2, 3)
+def _with_swapped(kernel: torch.Tensor) -> torch.Tensor:
+    """Stack a ``(O, C, a, b, e, f)`` kernel and its image-swapped copy
+    ``K'[a, b, e, f] = K[e, f, a, b]`` on the output axis."""
+    return torch.cat([kernel, kernel.permute(0, 1, 4, 5, 2, 3)])
 
 
 class NeighConsensus(nn.Module):
     """Symmetric neighbourhood consensus ``f(x) + f(x^T)^T`` with
-    ``f = Conv4d(1->16), ReLU, Conv4d(16->1), ReLU`` (official key names)."""
+    ``f = Conv4d(1->16), ReLU, Conv4d(16->1), ReLU`` (official key names).
 
-    def __init__(self, kernel_sizes=(3, 3), channels=(16, 1)):
+    Both directions run together: transposing a 4D conv's input and output is
+    the conv with the kernel's image axes swapped, so the layers become one
+    conv 1->32 and one grouped conv 32->2 on the untransposed volume. Each is a
+    2D convolution over image-2 cells batched over image-1 cells: layer 1 reads
+    the 9 image-1 neighbours as input channels, layer 2 writes one channel per
+    image-1 tap, summed afterwards with shifts (``rows`` image-1 rows a time).
+    """
+
+    def __init__(self, kernel_sizes=(3, 3), channels=(16, 1), rows: int = 4):
         super().__init__()
-        layers, cin = [], 1
-        for k, c in zip(kernel_sizes, channels):
-            layers += [Conv4d(cin, c, k), nn.ReLU(inplace=True)]
-            cin = c
-        self.conv = nn.Sequential(*layers)
+        if tuple(kernel_sizes) != (3, 3) or len(channels) != 2 or channels[1] != 1:
+            raise ValueError("only the official NCNet layout (k=3, 1->C->1) is supported")
+        self.conv = nn.Sequential(
+            Conv4d(1, channels[0], 3), nn.ReLU(), Conv4d(channels[0], 1, 3), nn.ReLU()
+        )
+        self.rows = rows
 
     def forward(self, corr: torch.Tensor) -> torch.Tensor:
-        return self.conv(corr) + swap_images(self.conv(swap_images(corr)))
+        """``(1, 1, H1, W1, H2, W2)`` -> same shape."""
+        l1, l2 = self.conv[0], self.conv[2]
+        c = l1.weight.shape[1]
+        w_1 = _with_swapped(l1.kernel).reshape(2 * c, 9, 3, 3)  # in: (a, b); kernel: (e, f)
+        b_1 = torch.cat([l1.bias, l1.bias])
+        k2 = _with_swapped(l2.kernel)  # (2, c, a, b, e, f)
+        w_2 = k2.permute(0, 2, 3, 1, 4, 5).reshape(18, c, 3, 3)  # out: (dir, a, b)
+        _, _, h1, w1, h2, w2 = corr.shape
+        x = F.pad(corr[0, 0], (0, 0, 0, 0, 1, 1, 1, 1))  # (H1+2, W1+2, H2, W2)
+        acc = corr.new_zeros(h1 + 2, w1 + 2, h2, w2, 2)  # padded output
+        for r0 in range(0, h1, self.rows):
+            r1 = min(h1, r0 + self.rows)
+            n = r1 - r0
+            taps = [x[r0 + a : r1 + a, b : b + w1] for a in range(3) for b in range(3)]
+            inp = torch.stack(taps, -1).view(n * w1, h2, w2, 9).permute(0, 3, 1, 2)
+            hid = F.relu(F.conv2d(inp, w_1, b_1, padding=1))
+            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (n*W1, 18, H2, W2)
+            z = z.permute(0, 2, 3, 1).reshape(n, w1, h2, w2, 2, 9).permute(5, 0, 1, 2, 3, 4)
+            for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
+                a, b = divmod(ab, 3)
+                acc[r0 + 2 - a : r1 + 2 - a, 2 - b : 2 - b + w1] += z[ab]
+        return F.relu(acc[1:-1, 1:-1] + l2.bias).sum(-1)[None, None]
 
 
 def coarse_matches(
-    corr: torch.Tensor, offsets: torch.Tensor, stride: int = 8
+    corr: torch.Tensor, offsets: torch.Tensor, stride: int = 8, k: int = 2
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Raw matches of both directions from a pooled volume (batch size 1).
 
     Args:
         corr: ``(1, 1, h1, w1, h2, w2)`` pooled correlation after NC.
-        offsets: ``(4, 1, 1, h1, w1, h2, w2)`` max-pool argmax offsets.
+        offsets: the max-pool argmax, either per axis ``(4, 1, 1, h1, w1, h2,
+            w2)`` or as flat candidate indices ``(1, 1, h1, w1, h2, w2)``.
     Returns:
         matches ``(h2*w2 + h1*w1, 4)`` int64 ``[x1, y1, x2, y2]`` pixels of the
         network input (``stride * cell + stride // 2``), direction B->A first;
@@ -124,16 +183,20 @@ def coarse_matches(
     """
     _, _, h1, w1, h2, w2 = corr.shape
     dev = corr.device
+    per_axis = offsets.dim() == corr.dim() + 1
+    corr = corr.reshape(h1 * w1, h2 * w2).float()
     # Direction 1: for every image-2 cell, softmax over the image-1 cells.
-    s1, a1 = F.softmax(corr.reshape(h1 * w1, h2 * w2), dim=0).max(dim=0)
+    s1, a1 = F.softmax(corr, dim=0).max(dim=0)
     b1 = torch.arange(h2 * w2, device=dev)
     # Direction 2: for every image-1 cell, softmax over the image-2 cells.
-    s2, b2 = F.softmax(corr.reshape(h1 * w1, h2 * w2), dim=1).max(dim=1)
+    s2, b2 = F.softmax(corr, dim=1).max(dim=1)
     a2 = torch.arange(h1 * w1, device=dev)
     ia, ib = torch.cat([a1, a2]), torch.cat([b1, b2])
+    if per_axis:
+        d = offsets.reshape(4, h1 * w1, h2 * w2)[:, ia, ib]
+    else:
+        d = decode_argmax(offsets.reshape(h1 * w1, h2 * w2)[ia, ib], k)
     iA, jA, iB, jB = ia // w1, ia % w1, ib // w2, ib % w2
-    d = offsets.reshape(4, h1, w1, h2, w2)[:, iA, jA, iB, jB]
-    k = 2
     cells = torch.stack([jA * k + d[1], iA * k + d[0], jB * k + d[3], iB * k + d[2]], 1)
     return cells * stride + stride // 2, torch.cat([s1, s2])
 

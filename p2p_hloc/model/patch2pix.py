@@ -15,9 +15,8 @@ from .backbone import ResNet34Features
 from .ncnet import (
     NeighConsensus,
     coarse_matches,
-    correlation_4d,
+    correlation_maxpool,
     l2_normalize,
-    maxpool4d,
     mutual_filter,
     mutual_matching,
 )
@@ -48,7 +47,7 @@ class Patch2Pix(nn.Module):
 
     ksize = 2  # 4D max-pool size
     stride = 8  # feature stride of layer3 after the stride change
-    regr_batch = 1200  # proposals per regressor call
+    regr_batch = 256  # proposals per regressor call (memory bound)
 
     def __init__(self, regressor: Optional[RegressorConfig] = RegressorConfig()):
         super().__init__()
@@ -71,6 +70,8 @@ class Patch2Pix(nn.Module):
                 if regressor.shared
                 else FeatRegressNet(psize=regressor.psize[1], **kw)
             )
+            for net in (self.regress_mid, self.regress_fine):
+                net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout
         self.eval()
 
     @property
@@ -108,8 +109,8 @@ class Patch2Pix(nn.Module):
                     f"image sides must be multiples of {self.ksize * self.stride} px, "
                     f"got features {tuple(f.shape[-2:])}"
                 )
-        corr = correlation_4d(l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1))
-        corr, offsets = maxpool4d(corr, self.ksize)
+        f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
+        corr, offsets = correlation_maxpool(f0, f1, self.ksize)
         corr = mutual_matching(corr)
         corr = self.ncn(corr)
         corr = mutual_matching(corr)
@@ -139,8 +140,9 @@ class Patch2Pix(nn.Module):
         """
         net = self.regress_mid if level == "mid" else self.regress_fine
         psize = self.regressor.psize[0 if level == "mid" else 1]
-        levels0 = [feats0[i][0] for i in self.feat_idx]
-        levels1 = [feats1[i][0] for i in self.feat_idx]
+        cl = torch.channels_last  # makes the per-level gather tables free views
+        levels0 = [feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        levels1 = [feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
@@ -149,7 +151,7 @@ class Patch2Pix(nn.Module):
             centres = chunk.long()
             p0 = gather_patches(levels0, strides, centres[:, :2], size0, psize)
             p1 = gather_patches(levels1, strides, centres[:, 2:], size1, psize)
-            raws.append(net(torch.cat([p0, p1], 1)))
+            raws.append(net(torch.cat([p0, p1], -1).permute(0, 3, 1, 2)).float())
         raw = torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
         new, scores = parse_output(raw, matches, size0 + size1, psize)
         return {"matches": new, "scores": scores, "raw": raw}

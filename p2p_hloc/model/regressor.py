@@ -42,7 +42,8 @@ class FeatRegressNet(nn.Module):
         self.fc = nn.Sequential(*fcs)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """patches: ``(N, 2*D, P, P)``, image-1 channels first."""
+        """patches: ``(N, 2*D, P, P)``, image-1 channels first (channels-last
+        memory is fastest on CPU)."""
         return self.fc(self.conv(patches).flatten(1))
 
 
@@ -61,12 +62,14 @@ def gather_patches(
     """Nearest-neighbour patch features around integer points.
 
     Args:
-        feats: per level ``(C_l, H/s_l, W/s_l)`` maps of one image.
+        feats: per level ``(C_l, H/s_l, W/s_l)`` maps of one image (a
+            channels-last layout makes the per-level row tables free views).
         strides: the level strides ``s_l``.
         points: ``(N, 2)`` int64 ``(x, y)`` patch centres in input pixels.
         image_size: ``(W, H)`` of the network input.
     Returns:
-        ``(N, sum C_l, P, P)``, L2-normalised over channels at each position.
+        ``(N, P, P, sum C_l)`` (channels last), L2-normalised over channels at
+        each position.
     """
     w, h = image_size
     d = patch_grid(psize, points.device)
@@ -74,10 +77,12 @@ def gather_patches(
     ys = points[:, 1, None] + d
     out = []
     for f, s in zip(feats, strides):
-        xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, w // s - 1)
+        wl = w // s
+        xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, wl - 1)
         yi = torch.div(ys, s, rounding_mode="floor").clamp_(0, h // s - 1)
-        out.append(f[:, yi[:, :, None], xi[:, None, :]])  # (C, N, P, P)
-    return l2_normalize(torch.cat(out, 0), dim=0).transpose(0, 1)
+        table = f.permute(1, 2, 0).reshape(-1, f.shape[0])  # (H_l * W_l, C_l)
+        out.append(table[yi[:, :, None] * wl + xi[:, None, :]])  # (N, P, P, C_l)
+    return l2_normalize(torch.cat(out, -1), dim=-1)
 
 
 def parse_output(
