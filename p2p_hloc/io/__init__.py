@@ -12,6 +12,7 @@ from .h5 import (  # noqa: F401
     write_keypoints,
     write_matches,
 )
+from .raw import RawMatches, RawMatchesError  # noqa: F401
 from .text import (  # noqa: F401
     PairsError,
     parse_pairs,
