@@ -134,6 +134,26 @@ def test_point_seen_in_three_images_is_one_keypoint(sift_run):
         assert d.min() >= 1.0
 
 
+def test_pairs_file_order_does_not_matter(sift_run, tmp_path):
+    root, names, pairs, feats, matches = sift_run
+    shuffled = write_pairs(tmp_path / "pairs.txt", [pairs[2], pairs[0], pairs[1]])
+    f, m = main(confs["sift"], shuffled, root / "images", tmp_path)
+    for a, b in ((f, feats), (m, matches)):
+        a, b = h5_content(a), h5_content(b)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_immatch_parity_option(sift_run, tmp_path):
+    root, names, pairs, feats, matches = sift_run
+    quant = {**confs["patch2pix_aachen_immatch"]["quantization"], "min_score": 0.1}
+    conf = {**confs["sift"], "output": "sift-immatch", "quantization": quant}
+    f, m = main(conf, root / "pairs.txt", root / "images", tmp_path)
+    check_hloc_files(f, m, pairs, root / "images")
+    assert np.median(pair_error(f, m, *pairs[0], 0, 1)) < 1.0
+
+
 def test_rerun_skips_done_pairs_in_either_direction(sift_run, caplog):
     root, names, pairs, feats, matches = sift_run
     before = (feats.read_bytes(), matches.read_bytes())

@@ -7,7 +7,6 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from .base import BaseMatcher, default_device, resize_image
 
@@ -42,7 +41,8 @@ class Matcher(BaseMatcher):
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
         image, scale, size = resize_image(path, p.get("resize_max"), p.get("dfactor", 1))
-        return {"image": TF.to_tensor(image), "scale": scale, "size": size}
+        image = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
+        return {"image": image, "scale": scale, "size": size}
 
     @torch.inference_mode()
     def extract(self, data: Dict[str, Any]) -> Dict[str, Any]:
