@@ -63,8 +63,12 @@ def make_model_class(base: type) -> type:
             self.net = load_network(
                 self.conf["weights"], device="cpu", coarse_only=self.conf["coarse_only"]
             )
-            self.register_buffer("mean", torch.tensor(MEAN)[:, None, None], persistent=False)
-            self.register_buffer("std", torch.tensor(STD)[:, None, None], persistent=False)
+            self.register_buffer(
+                "mean", torch.tensor(MEAN)[:, None, None], persistent=False
+            )
+            self.register_buffer(
+                "std", torch.tensor(STD)[:, None, None], persistent=False
+            )
 
         def _normalize(self, image: torch.Tensor) -> torch.Tensor:
             if image.shape[1] == 1:

@@ -66,7 +66,9 @@ def unique_pairs(pairs: Sequence[Pair]) -> List[Pair]:
 def check_images(pairs: Sequence[Pair], image_dir: Path, pairs_path: Path) -> None:
     missing = [(p, n) for p in pairs for n in p if not (image_dir / n).is_file()]
     if missing:
-        lines = "\n".join(f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in missing[:5])
+        lines = "\n".join(
+            f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in missing[:5]
+        )
         raise ImageError(f"{pairs_path}: {len(missing)} missing images, e.g.:\n{lines}")
 
 
@@ -92,7 +94,10 @@ def load_fixed(paths: Sequence[Path], names: set) -> Dict[str, dict]:
                 if name in f and "keypoints" in f[name]:
                     g = f[name]
                     kps = g["keypoints"][()].astype(np.float64)
-                    scores = next((g[k][()] for k in ("scores", "keypoint_scores") if k in g), None)
+                    scores = next(
+                        (g[k][()] for k in ("scores", "keypoint_scores") if k in g),
+                        None,
+                    )
                     size = g["image_size"][()] if "image_size" in g else None
                     fixed[name] = {"keypoints": kps, "scores": scores, "size": size}
     return fixed
@@ -247,7 +252,9 @@ def main(
     pairs, image_dir = Path(pairs), Path(image_dir)
     if features is None or matches is None:
         if export_dir is None:
-            raise ValueError("export_dir is needed unless features and matches are given")
+            raise ValueError(
+                "export_dir is needed unless features and matches are given"
+            )
         export_dir = Path(export_dir)
         export_dir.mkdir(parents=True, exist_ok=True)
     features = Path(features or export_dir / f"feats_{conf['output']}.h5")
@@ -275,7 +282,9 @@ def main(
     if todo:
         model_conf = dict(conf["model"])
         if proposals is not None:
-            model_conf.update(features=proposals[0], matches=proposals[1], image_dir=image_dir)
+            model_conf.update(
+                features=proposals[0], matches=proposals[1], image_dir=image_dir
+            )
         matcher = build_matcher({**conf, "model": model_conf}, weights)
         logger.info("Matching %d pairs (%d resumed).", len(todo), len(new) - len(todo))
         match_raw(matcher, todo, image_dir, raw, num_workers)
@@ -305,7 +314,10 @@ def main(
     n_raw = sum(len(r["scores"]) for r in data)
     logger.info(
         "Quantized %d raw matches into %d keypoints over %d images and %d matches.",
-        n_raw, n_kps, len(keypoints), n_matches,
+        n_raw,
+        n_kps,
+        len(keypoints),
+        n_matches,
     )
     fixed = {n: f for n, f in fixed.items() if n in names}
     write_outputs(features, matches, new, data, keypoints, matches0, fixed, sizes)
@@ -325,7 +337,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path)
     p.add_argument("--features_ref", type=Path, nargs="+")
     p.add_argument(
-        "--proposals", type=Path, nargs=2, metavar=("FEATURES", "MATCHES"),
+        "--proposals",
+        type=Path,
+        nargs=2,
+        metavar=("FEATURES", "MATCHES"),
         help="hloc files read by the hloc_file source (patch2pix_refine)",
     )
     p.add_argument("--num_workers", type=int, default=2)

@@ -174,7 +174,10 @@ Keypoints = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
 
 def _ids_cluster(
-    pairs: List[Tuple[str, str]], raw: List[dict], fixed: Dict[str, np.ndarray], radius: float
+    pairs: List[Tuple[str, str]],
+    raw: List[dict],
+    fixed: Dict[str, np.ndarray],
+    radius: float,
 ) -> Tuple[Keypoints, List[Tuple[np.ndarray, np.ndarray]]]:
     points: Dict[str, List[Tuple[int, int, np.ndarray, np.ndarray]]] = {}
     ids = [[None, None] for _ in pairs]
@@ -211,9 +214,11 @@ def _ids_immatch(
     for (n0, n1), r in zip(pairs, raw):
         ids.append(
             [
-                assign_fixed(r[f"keypoints{s}"], fixed[n], radius)
-                if n in fixed
-                else q.add(n, r[f"keypoints{s}"])
+                (
+                    assign_fixed(r[f"keypoints{s}"], fixed[n], radius)
+                    if n in fixed
+                    else q.add(n, r[f"keypoints{s}"])
+                )
                 for s, n in enumerate((n0, n1))
             ]
         )
@@ -252,8 +257,10 @@ def quantize_matches(
         ``matching_scores0`` float32 ``(N0,)``.
     """
     raw = [
-        {k: np.asarray(r[k])[np.asarray(r["scores"]) >= min_score] for k in
-         ("keypoints0", "keypoints1", "scores")}
+        {
+            k: np.asarray(r[k])[np.asarray(r["scores"]) >= min_score]
+            for k in ("keypoints0", "keypoints1", "scores")
+        }
         for r in raw
     ]
     if method == "cluster":

@@ -18,7 +18,7 @@ from PIL import Image
 
 from p2p_hloc.preprocess import load_image
 
-BASE_MODEL = '''
+BASE_MODEL = """
 import inspect
 from abc import ABCMeta, abstractmethod
 from torch import nn
@@ -56,7 +56,7 @@ def dynamic_load(root, model):
     classes = [c for c in classes if issubclass(c[1], BaseModel)]
     assert len(classes) == 1, classes
     return classes[0][1]
-'''
+"""
 
 
 @pytest.fixture
@@ -87,9 +87,13 @@ def test_register_and_run(fake_hloc, golden_weights, tmp_path):
     from hloc import match_dense
     from hloc.utils.base_model import dynamic_load
 
-    assert {"loftr", "patch2pix", "patch2pix_aachen", "patch2pix_inloc", "ncnet"} <= set(
-        match_dense.confs
-    )
+    assert {
+        "loftr",
+        "patch2pix",
+        "patch2pix_aachen",
+        "patch2pix_inloc",
+        "ncnet",
+    } <= set(match_dense.confs)
     conf = match_dense.confs["patch2pix_aachen"]
     assert conf["preprocessing"]["grayscale"] is False
     assert conf["preprocessing"]["dfactor"] == 16

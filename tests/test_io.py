@@ -42,7 +42,10 @@ def test_round_trip(tmp_path):
     write_matches(matches, "q/b.jpg", "db/a.jpg", np.array([2, -1]), np.array([0.9, 0]))
     with h5py.File(matches, "r") as f:
         g = f["q-b.jpg"]["db-a.jpg"]  # nested groups
-        assert g["matches0"].dtype == np.int32 and g["matching_scores0"].dtype == np.float16
+        assert (
+            g["matches0"].dtype == np.int32
+            and g["matching_scores0"].dtype == np.float16
+        )
         assert find_pair(f, "db/a.jpg", "q/b.jpg") == ("q-b.jpg/db-a.jpg", True)
     idx, scores = get_matches(matches, "db/a.jpg", "q/b.jpg")
     np.testing.assert_array_equal(idx, [[2, 0]])
@@ -80,7 +83,11 @@ def test_parse_pairs(tmp_path):
 def test_raw_matches(tmp_path):
     raw = RawMatches(tmp_path / "raw")
     assert raw.find("a", "b") is None
-    data = {"keypoints0": np.ones((3, 2)), "keypoints1": np.zeros((3, 2)), "scores": np.ones(3)}
+    data = {
+        "keypoints0": np.ones((3, 2)),
+        "keypoints1": np.zeros((3, 2)),
+        "scores": np.ones(3),
+    }
     raw.write("a", "b", data)
     assert raw.find("b", "a") == ("a", "b")
     np.testing.assert_array_equal(raw.read("a", "b")["keypoints0"], data["keypoints0"])

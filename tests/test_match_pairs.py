@@ -45,7 +45,9 @@ def make_scene(root: Path, n: int = 3, size=SIZE) -> list:
 
 
 def write_pairs(path: Path, lines) -> Path:
-    path.write_text("\n".join(" ".join(p) if isinstance(p, tuple) else p for p in lines))
+    path.write_text(
+        "\n".join(" ".join(p) if isinstance(p, tuple) else p for p in lines)
+    )
     return path
 
 
@@ -126,7 +128,10 @@ def test_point_seen_in_three_images_is_one_keypoint(sift_run):
         kps = [f[n]["keypoints"][()] for n in names]
     tracks = np.array(tracks)
     for i in (1, 2):
-        err = np.linalg.norm(project(HOMOGRAPHIES[i], kps[0][tracks[:, 0]]) - kps[i][tracks[:, i]], axis=1)
+        err = np.linalg.norm(
+            project(HOMOGRAPHIES[i], kps[0][tracks[:, 0]]) - kps[i][tracks[:, i]],
+            axis=1,
+        )
         assert np.median(err) < 1.0
     # no two keypoints of an image closer than a pixel: duplicates were merged
     for k in kps:
@@ -166,9 +171,14 @@ def test_patch2pix_end_to_end(tmp_path, golden_weights):
     names = make_scene(tmp_path / "images", 3)
     pairs = [(names[0], names[1]), (names[2], names[0])]
     pairs_file = write_pairs(tmp_path / "pairs.txt", pairs)
-    conf = {**confs["patch2pix"], "model": {**confs["patch2pix"]["model"], "threshold": 0.0}}
+    conf = {
+        **confs["patch2pix"],
+        "model": {**confs["patch2pix"]["model"], "threshold": 0.0},
+    }
     t = time.time()
-    feats, matches = main(conf, pairs_file, tmp_path / "images", tmp_path / "out", weights=golden_weights)
+    feats, matches = main(
+        conf, pairs_file, tmp_path / "images", tmp_path / "out", weights=golden_weights
+    )
     print(f"patch2pix: {(time.time() - t) / len(pairs):.1f} s per pair")
     check_hloc_files(feats, matches, pairs, tmp_path / "images")
     with h5py.File(matches, "r") as f:
@@ -178,11 +188,15 @@ def test_patch2pix_end_to_end(tmp_path, golden_weights):
 def test_localization_mode_keeps_mapping_keypoints(tmp_path):
     names = make_scene(tmp_path / "images", 4)
     images, out = tmp_path / "images", tmp_path / "out"
-    sfm = write_pairs(tmp_path / "pairs-db.txt", [(names[0], names[1]), (names[1], names[2])])
+    sfm = write_pairs(
+        tmp_path / "pairs-db.txt", [(names[0], names[1]), (names[1], names[2])]
+    )
     feats, matches = main(confs["sift"], sfm, images, out)
     with h5py.File(feats, "r") as f:
         db = {n: f[n]["keypoints"][()] for n in names[:3]}
-    loc = write_pairs(tmp_path / "pairs-loc.txt", [(names[3], names[0]), (names[3], names[2])])
+    loc = write_pairs(
+        tmp_path / "pairs-loc.txt", [(names[3], names[0]), (names[3], names[2])]
+    )
     main(confs["sift"], loc, images, out, features=feats, matches=matches)
     pairs = [(names[3], names[0]), (names[3], names[2]), (names[0], names[1])]
     check_hloc_files(feats, matches, pairs, images)
@@ -191,7 +205,9 @@ def test_localization_mode_keeps_mapping_keypoints(tmp_path):
             np.testing.assert_array_equal(f[n]["keypoints"][()], k)
     assert np.median(pair_error(feats, matches, names[3], names[0], 3, 0)) < 1.0
     # fixed references from another file (hloc's features_ref), copied over
-    feats2, matches2 = main(confs["sift"], loc, images, tmp_path / "out2", features_ref=feats)
+    feats2, matches2 = main(
+        confs["sift"], loc, images, tmp_path / "out2", features_ref=feats
+    )
     with h5py.File(feats2, "r") as f:
         np.testing.assert_array_equal(f[names[0]]["keypoints"][()], db[names[0]])
     check_hloc_files(feats2, matches2, pairs[:2], images)
@@ -203,7 +219,12 @@ def test_refine_hloc_file_proposals(sift_run, golden_weights, tmp_path):
     conf = confs["patch2pix_refine"]
     conf = {**conf, "refine": {**conf["refine"], "threshold": 0.0}}
     f, m = main(
-        conf, pairs_file, root / "images", tmp_path, weights=golden_weights, proposals=(feats, matches)
+        conf,
+        pairs_file,
+        root / "images",
+        tmp_path,
+        weights=golden_weights,
+        proposals=(feats, matches),
     )
     check_hloc_files(f, m, pairs[:1], root / "images")
     with h5py.File(m, "r") as h:
@@ -214,7 +235,9 @@ def test_refine_hloc_file_proposals(sift_run, golden_weights, tmp_path):
 def h5_content(path: Path) -> dict:
     out = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None)
+        f.visititems(
+            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
+        )
     return out
 
 
@@ -253,9 +276,20 @@ def test_resume_after_sigkill(tmp_path, golden_weights):
     assert 1 <= done < len(pairs), "the run was not killed mid-way"
     assert not (tmp_path / "killed" / "feats_matches-ncnet-r1024-t0.9.h5").exists()
     assert run(args).wait() == 0
-    main(NCNET, pairs_file, tmp_path / "images", tmp_path / "clean", weights=golden_weights)
-    for name in ("feats_matches-ncnet-r1024-t0.9.h5", "matches-ncnet-r1024-t0.9_pairs.h5"):
-        a, b = h5_content(tmp_path / "killed" / name), h5_content(tmp_path / "clean" / name)
+    main(
+        NCNET,
+        pairs_file,
+        tmp_path / "images",
+        tmp_path / "clean",
+        weights=golden_weights,
+    )
+    for name in (
+        "feats_matches-ncnet-r1024-t0.9.h5",
+        "matches-ncnet-r1024-t0.9_pairs.h5",
+    ):
+        a, b = h5_content(tmp_path / "killed" / name), h5_content(
+            tmp_path / "clean" / name
+        )
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -287,25 +321,45 @@ def test_bad_pairs_files(sift_run, tmp_path):
     # blank lines, comments, duplicates (both directions), self-pairs: handled
     messy = write_pairs(
         tmp_path / "messy.txt",
-        ["", f"# comment", pairs[0], "  ", (pairs[0][1], pairs[0][0]), pairs[0], (names[2], names[2])],
+        [
+            "",
+            f"# comment",
+            pairs[0],
+            "  ",
+            (pairs[0][1], pairs[0][0]),
+            pairs[0],
+            (names[2], names[2]),
+        ],
     )
     f, m = main(confs["sift"], messy, images, out)
     with h5py.File(m, "r") as h:
-        assert sum(isinstance(v, h5py.Dataset) for v in h[names_to_pair(*pairs[0])].values()) == 5
+        assert (
+            sum(
+                isinstance(v, h5py.Dataset)
+                for v in h[names_to_pair(*pairs[0])].values()
+            )
+            == 5
+        )
         assert len(h) == 1 and len(h[pairs[0][0].replace("/", "-")]) == 1
     before = (f.read_bytes(), m.read_bytes())
     # names with spaces: hloc's format cannot hold them
-    spaced = write_pairs(tmp_path / "spaced.txt", [pairs[0], "scene/my image.png scene/im0.png"])
+    spaced = write_pairs(
+        tmp_path / "spaced.txt", [pairs[0], "scene/my image.png scene/im0.png"]
+    )
     with pytest.raises(PairsError, match=r"spaced.txt:2"):
         main(confs["sift"], spaced, images, out, f, m)
     # missing image: named with its pair, nothing runs
-    missing = write_pairs(tmp_path / "missing.txt", [pairs[1], (names[0], "scene/nope.png")])
+    missing = write_pairs(
+        tmp_path / "missing.txt", [pairs[1], (names[0], "scene/nope.png")]
+    )
     with pytest.raises(ImageError, match=r"nope.png"):
         main(confs["sift"], missing, images, out, f, m)
     # unreadable image: named with its pair; existing files untouched
     shutil.copytree(images, tmp_path / "images")
     (tmp_path / "images" / "scene" / "im9.png").write_bytes(b"\x89PNG broken")
-    broken = write_pairs(tmp_path / "broken.txt", [pairs[1], (names[0], "scene/im9.png")])
+    broken = write_pairs(
+        tmp_path / "broken.txt", [pairs[1], (names[0], "scene/im9.png")]
+    )
     with pytest.raises(ImageError, match=r"im9.png"):
         main(confs["sift"], broken, tmp_path / "images", out, f, m)
     assert (f.read_bytes(), m.read_bytes()) == before

@@ -3,11 +3,11 @@
 import cv2
 import numpy as np
 import pytest
+from test_match_pairs import make_scene
 
 from p2p_hloc.confs import confs
 from p2p_hloc.matchers import build_matcher
 from p2p_hloc.preprocess import load_image
-from test_match_pairs import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,9 @@ def with_model(conf_name, /, **model):
 
 
 def test_patch2pix_matches_the_model(images, golden_weights, golden_model):
-    matcher = build_matcher(with_model("patch2pix", threshold=0.0), golden_weights, "cpu")
+    matcher = build_matcher(
+        with_model("patch2pix", threshold=0.0), golden_weights, "cpu"
+    )
     out = matcher.match(matcher.prepare(images[0]), matcher.prepare(images[1]))
     (x0, s0, _), (x1, s1, _) = load_image(images[0], 1024), load_image(images[1], 1024)
     ref = golden_model.match(x0[None], x1[None], s0, s1, threshold=0.0)
@@ -47,7 +49,12 @@ def test_sift_corner_convention(images):
     gray = cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2GRAY)
     kps = cv2.SIFT_create(nfeatures=4096).detect(gray, None)
     ref = np.array([k.pt for k in kps]) + 0.5
-    assert np.median(np.min(np.linalg.norm(prep["keypoints"][:, None] - ref[None], axis=-1), 1)) < 1e-3
+    assert (
+        np.median(
+            np.min(np.linalg.norm(prep["keypoints"][:, None] - ref[None], axis=-1), 1)
+        )
+        < 1e-3
+    )
     out = matcher.match(prep, matcher.prepare(images[1]))
     assert out["keypoints0"].shape == out["keypoints1"].shape == (len(out["scores"]), 2)
     assert np.all((out["scores"] > 0) & (out["scores"] <= 1))
@@ -70,7 +77,11 @@ def test_lightglue(images):
     for name in ("lightglue_aliked", "lightglue_disk"):
         matcher = build_matcher(confs[name], device="cpu")
         out = matcher.match(matcher.prepare(images[0]), matcher.prepare(images[1]))
-        assert out["keypoints0"].shape == out["keypoints1"].shape == (len(out["scores"]), 2)
+        assert (
+            out["keypoints0"].shape
+            == out["keypoints1"].shape
+            == (len(out["scores"]), 2)
+        )
         assert len(out["scores"]) > 20
 
 

@@ -3,12 +3,12 @@
 from .h5 import (  # noqa: F401
     H5Error,
     find_pair,
+    from_hloc_coords,
     get_keypoints,
     get_matches,
     list_h5_names,
     names_to_pair,
     to_hloc_coords,
-    from_hloc_coords,
     write_keypoints,
     write_matches,
 )

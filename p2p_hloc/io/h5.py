@@ -45,9 +45,11 @@ def list_h5_names(path: Path) -> Set[str]:
     names = set()
     with open_h5(path) as f:
         f.visititems(
-            lambda key, obj: names.add(obj.parent.name.strip("/"))
-            if isinstance(obj, h5py.Dataset)
-            else None
+            lambda key, obj: (
+                names.add(obj.parent.name.strip("/"))
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
         )
     return names
 
@@ -74,7 +76,12 @@ def write_keypoints(
 
 
 def write_matches(
-    path: Path, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray, **extra
+    path: Path,
+    name0: str,
+    name1: str,
+    matches0: np.ndarray,
+    scores0: np.ndarray,
+    **extra,
 ) -> None:
     """Write ``matches0`` ``(N0,)`` int32 (-1: unmatched) and
     ``matching_scores0`` ``(N0,)`` float16 under ``names_to_pair(name0, name1)``;

@@ -56,9 +56,16 @@ def parse_queries(path: Path) -> List[Tuple[str, Dict]]:
             continue
         f = line.split()
         try:
-            cam = dict(model=f[1], width=int(f[2]), height=int(f[3]), params=np.array(f[4:], float))
+            cam = dict(
+                model=f[1],
+                width=int(f[2]),
+                height=int(f[3]),
+                params=np.array(f[4:], float),
+            )
         except (IndexError, ValueError) as e:
-            raise PairsError(f"{path}:{i}: expected 'name MODEL W H params...': {line!r}") from e
+            raise PairsError(
+                f"{path}:{i}: expected 'name MODEL W H params...': {line!r}"
+            ) from e
         queries.append((f[0], cam))
     return queries
 

@@ -21,7 +21,9 @@ from typing import Optional
 from .base import BaseMatcher  # noqa: F401
 
 
-def build_matcher(conf: dict, weights: Optional[Path] = None, device=None) -> BaseMatcher:
+def build_matcher(
+    conf: dict, weights: Optional[Path] = None, device=None
+) -> BaseMatcher:
     """The matcher of a conf (``model``, ``preprocessing``, optional ``refine``).
 
     ``weights`` overrides the Patch2Pix checkpoint named in the conf (that of

@@ -42,9 +42,15 @@ class BaseMatcher:
     def prepare(self, path: Path) -> Dict[str, Any]:
         return self.extract(self.load(path))
 
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
 
 def empty_matches() -> Dict[str, np.ndarray]:
-    return {"keypoints0": np.zeros((0, 2)), "keypoints1": np.zeros((0, 2)), "scores": np.zeros(0)}
+    return {
+        "keypoints0": np.zeros((0, 2)),
+        "keypoints1": np.zeros((0, 2)),
+        "scores": np.zeros(0),
+    }

@@ -38,7 +38,9 @@ class Matcher(BaseMatcher):
         kps = get_keypoints(self.features, data["name"]).astype(np.float64)
         return {**data, "keypoints": from_hloc_coords(kps)}
 
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         idx, scores = get_matches(self.matches, prep0["name"], prep1["name"])
         return {
             "keypoints0": prep0["keypoints"][idx[:, 0]],

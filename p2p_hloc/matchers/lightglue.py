@@ -33,14 +33,20 @@ class Matcher(BaseMatcher):
         extractors = {"aliked": lg.ALIKED, "disk": lg.DISK}
         features = self.conf["features"]
         if features not in extractors:
-            raise ValueError(f"unknown features {features!r}; known: {', '.join(extractors)}")
+            raise ValueError(
+                f"unknown features {features!r}; known: {', '.join(extractors)}"
+            )
         n = self.conf["max_keypoints"]
-        self.extractor = extractors[features](max_num_keypoints=n).eval().to(self.device)
+        self.extractor = (
+            extractors[features](max_num_keypoints=n).eval().to(self.device)
+        )
         self.matcher = lg.LightGlue(features=features).eval().to(self.device)
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
-        image, scale, size = resize_image(path, p.get("resize_max"), p.get("dfactor", 1))
+        image, scale, size = resize_image(
+            path, p.get("resize_max"), p.get("dfactor", 1)
+        )
         image = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
         return {"image": image, "scale": scale, "size": size}
 
@@ -53,7 +59,9 @@ class Matcher(BaseMatcher):
         return {"feats": feats, "keypoints": xy, "size": data["size"]}
 
     @torch.inference_mode()
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         out = self.matcher({"image0": prep0["feats"], "image1": prep1["feats"]})
         matches = out["matches"][0].cpu().numpy()
         return {

@@ -27,17 +27,26 @@ def load_network(
 
 
 def to_numpy(pred: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
-    return {k: pred[k].cpu().double().numpy() for k in ("keypoints0", "keypoints1", "scores")}
+    return {
+        k: pred[k].cpu().double().numpy()
+        for k in ("keypoints0", "keypoints1", "scores")
+    }
 
 
 class Matcher(BaseMatcher):
-    default_conf = {"weights": "patch2pix_pretrained.pth", "threshold": 0.25, "coarse_only": False}
+    default_conf = {
+        "weights": "patch2pix_pretrained.pth",
+        "threshold": 0.25,
+        "coarse_only": False,
+    }
 
     def __init__(self, conf: dict, preprocessing: dict, weights=None, device=None):
         self.conf = {**self.default_conf, **conf}
         self.preprocessing = preprocessing
         if self.conf.get("ksize", Patch2Pix.ksize) != Patch2Pix.ksize:
-            raise ValueError(f"only ksize {Patch2Pix.ksize} is supported, got {self.conf['ksize']}")
+            raise ValueError(
+                f"only ksize {Patch2Pix.ksize} is supported, got {self.conf['ksize']}"
+            )
         self.model = load_network(
             self.conf["weights"], weights, device, coarse_only=self.conf["coarse_only"]
         )
@@ -53,9 +62,13 @@ class Matcher(BaseMatcher):
         return {"feats": feats, "scale": data["scale"], "size": data["size"]}
 
     @torch.inference_mode()
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         pred = self.model.forward_features(
             prep0["feats"], prep1["feats"], coarse_only=self.conf["coarse_only"]
         )
-        pred = select_matches(pred, prep0["scale"], prep1["scale"], self.conf["threshold"])
+        pred = select_matches(
+            pred, prep0["scale"], prep1["scale"], self.conf["threshold"]
+        )
         return to_numpy(pred)

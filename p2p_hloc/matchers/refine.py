@@ -17,7 +17,11 @@ class Refined(BaseMatcher):
     refined by the mid and fine regressors on images resized to
     ``resize_max`` with any side length (the official refine path)."""
 
-    default_conf = {"weights": "patch2pix_pretrained.pth", "resize_max": 1024, "threshold": 0.25}
+    default_conf = {
+        "weights": "patch2pix_pretrained.pth",
+        "resize_max": 1024,
+        "threshold": 0.25,
+    }
 
     def __init__(self, proposer: BaseMatcher, conf: dict, weights=None, device=None):
         self.proposer = proposer
@@ -26,24 +30,41 @@ class Refined(BaseMatcher):
 
     def load(self, path: Path) -> Dict[str, Any]:
         image, scale, size = load_image(path, self.conf["resize_max"], multiple=1)
-        return {"proposer": self.proposer.load(path), "image": image, "scale": scale, "size": size}
+        return {
+            "proposer": self.proposer.load(path),
+            "image": image,
+            "scale": scale,
+            "size": size,
+        }
 
     @torch.inference_mode()
     def extract(self, data: Dict[str, Any]) -> Dict[str, Any]:
         feats = self.model.extract_features(data["image"][None].to(self.model.device))
         prep = self.proposer.extract(data["proposer"])
-        return {"proposer": prep, "feats": feats, "scale": data["scale"], "size": data["size"]}
+        return {
+            "proposer": prep,
+            "feats": feats,
+            "scale": data["scale"],
+            "size": data["size"],
+        }
 
     @torch.inference_mode()
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         prop = self.proposer.match(prep0["proposer"], prep1["proposer"])
         if len(prop["scores"]) == 0:
             return empty_matches()
         # corner convention: original -> network pixels is a plain division
         xy = np.concatenate(
-            [prop["keypoints0"] / prep0["scale"], prop["keypoints1"] / prep1["scale"]], 1
+            [prop["keypoints0"] / prep0["scale"], prop["keypoints1"] / prep1["scale"]],
+            1,
         )
         proposals = torch.from_numpy(xy).float().to(self.model.device)
-        pred = self.model.forward_features(prep0["feats"], prep1["feats"], proposals=proposals)
-        pred = select_matches(pred, prep0["scale"], prep1["scale"], self.conf["threshold"])
+        pred = self.model.forward_features(
+            prep0["feats"], prep1["feats"], proposals=proposals
+        )
+        pred = select_matches(
+            pred, prep0["scale"], prep1["scale"], self.conf["threshold"]
+        )
         return to_numpy(pred)

@@ -19,7 +19,9 @@ class Matcher(BaseMatcher):
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
-        image, scale, size = resize_image(path, p.get("resize_max"), p.get("dfactor", 1))
+        image, scale, size = resize_image(
+            path, p.get("resize_max"), p.get("dfactor", 1)
+        )
         gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
         return {"image": gray, "scale": scale, "size": size}
 
@@ -32,7 +34,9 @@ class Matcher(BaseMatcher):
         desc = np.zeros((0, 128), np.float32) if desc is None else desc
         return {"keypoints": xy, "descriptors": desc, "size": data["size"]}
 
-    def match(self, prep0: Dict[str, Any], prep1: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    def match(
+        self, prep0: Dict[str, Any], prep1: Dict[str, Any]
+    ) -> Dict[str, np.ndarray]:
         d0, d1 = prep0["descriptors"], prep1["descriptors"]
         if len(d0) < 2 or len(d1) < 2:
             return empty_matches()
