@@ -168,12 +168,15 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: Patch2Pix, dataset: Dataset, conf: Dict) -> Dict[str, float]:
+def evaluate(
+    model: Patch2Pix, dataset: Dataset, conf: Dict, inliers_only: bool = False
+) -> Dict[str, float]:
     """Sampson errors (squared px) of the refined NCNet proposals in inference
     mode (no expansion, regressors in eval mode) over a dataset.
 
     ``*_inlier`` averages over the proposals whose coarse error is below the
-    mid geometric threshold (those the regressors learn to refine)."""
+    mid geometric threshold (those the regressors learn to refine); with
+    ``inliers_only`` only those are refined (faster)."""
     was_training = model.regress_mid.training
     model.eval()
     frozen = FrozenStage(model, {**conf, "cache_features": False})
@@ -181,10 +184,12 @@ def evaluate(model: Patch2Pix, dataset: Dataset, conf: Dict) -> Dict[str, float]
     for i in range(len(dataset)):
         item = dataset[i]
         feats0, feats1, coarse = frozen(item, i)
+        fmat = item["F"].to(model.device)
+        if inliers_only:
+            coarse = coarse[sampson_distance(coarse.float(), fmat) < conf["geo_thresholds"][0]]
         if len(coarse) == 0:
             continue
         out = forward_pair(model, feats0, feats1, coarse)
-        fmat = item["F"].to(model.device)
         errors["coarse"].append(sampson_distance(coarse.float(), fmat))
         errors["mid"].append(sampson_distance(out["mid"]["matches"], fmat))
         errors["fine"].append(sampson_distance(out["fine"]["matches"], fmat))
