@@ -162,7 +162,7 @@ def test_immatch_parity_option(sift_run, tmp_path):
 def test_rerun_skips_done_pairs_in_either_direction(sift_run, caplog):
     root, names, pairs, feats, matches = sift_run
     before = (feats.read_bytes(), matches.read_bytes())
-    reversed_pairs = write_pairs(root / "pairs.txt", [(b, a) for a, b in pairs])
+    reversed_pairs = write_pairs(root / "pairs-reversed.txt", [(b, a) for a, b in pairs])
     main(confs["sift"], reversed_pairs, root / "images", root / "out", feats, matches)
     assert (feats.read_bytes(), matches.read_bytes()) == before
 
@@ -365,3 +365,18 @@ def test_bad_pairs_files(sift_run, tmp_path):
     assert (f.read_bytes(), m.read_bytes()) == before
     # the pair matched before the error is kept for the next run
     assert len(list((m.parent / (m.name + ".raw")).glob("*/*.npz"))) == 1
+
+
+def test_cli(sift_run, tmp_path):
+    root, names, pairs, feats, matches = sift_run
+    cmd = [sys.executable, "-m", "p2p_hloc.match_pairs", "--conf", "sift"]
+    cmd += ["--pairs", root / "pairs.txt", "--image_dir", root / "images"]
+    cmd += ["--export_dir", tmp_path, "--matches", tmp_path / "m.h5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(list(map(str, cmd)), env=env, check=True, capture_output=True)
+    check_hloc_files(
+        tmp_path / "feats_matches-sift-r1600-n4096.h5",
+        tmp_path / "m.h5",
+        pairs,
+        root / "images",
+    )
