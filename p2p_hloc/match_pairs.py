@@ -291,7 +291,8 @@ def main(
 
     names = {n for p in new for n in p}
     fixed_files = ([features] if features.exists() else []) + list(features_ref or [])
-    fixed = load_fixed(fixed_files, names)
+    # images of a run killed between the final renames are rebuilt, not fixed
+    fixed = load_fixed(fixed_files, names - raw.pending())
     data, sizes = [], {}
     for n0, n1 in new:
         r = raw.read(n0, n1)
@@ -320,6 +321,7 @@ def main(
         n_matches,
     )
     fixed = {n: f for n, f in fixed.items() if n in names}
+    raw.mark_pending(keypoints)
     write_outputs(features, matches, new, data, keypoints, matches0, fixed, sizes)
     raw.remove()
     logger.info("Wrote %s and %s.", features, matches)

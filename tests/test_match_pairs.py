@@ -380,3 +380,31 @@ def test_cli(sift_run, tmp_path):
         pairs,
         root / "images",
     )
+
+
+def test_kill_between_final_renames(tmp_path, monkeypatch):
+    """A run stopped after renaming ``features`` but before ``matches``
+    rebuilds the new images on re-run instead of treating them as fixed."""
+    names = make_scene(tmp_path / "images", 3)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    pairs_file = write_pairs(tmp_path / "pairs.txt", pairs)
+    clean = main(confs["sift"], pairs_file, tmp_path / "images", tmp_path / "clean")
+    real_replace = Path.replace
+
+    def replace_once(self, target):
+        if str(self).endswith(".h5.tmp") and "_pairs.h5" in str(self):
+            raise KeyboardInterrupt  # the process dies before the second rename
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace_once)
+    with pytest.raises(KeyboardInterrupt):
+        main(confs["sift"], pairs_file, tmp_path / "images", tmp_path / "killed")
+    monkeypatch.setattr(Path, "replace", real_replace)
+    assert clean[0].name in os.listdir(tmp_path / "killed")
+    assert clean[1].name not in os.listdir(tmp_path / "killed")
+    again = main(confs["sift"], pairs_file, tmp_path / "images", tmp_path / "killed")
+    for a, b in zip(clean, again):
+        ca, cb = h5_content(a), h5_content(b)
+        assert ca.keys() == cb.keys()
+        for k in ca:
+            np.testing.assert_array_equal(ca[k], cb[k])

@@ -62,5 +62,18 @@ class RawMatches:
             raise RawMatchesError(f"{path} does not hold the pair ({name0}, {name1})")
         return data
 
+    def mark_pending(self, names) -> None:
+        """Record the images whose keypoints the final write is about to add,
+        so that a run killed between the two renames rebuilds them."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "pending.txt.tmp"
+        tmp.write_text("\n".join(sorted(names)))
+        os.replace(tmp, self.root / "pending.txt")
+
+    def pending(self) -> set:
+        """Images recorded by ``mark_pending`` (empty when none)."""
+        path = self.root / "pending.txt"
+        return set(path.read_text().split("\n")) - {""} if path.is_file() else set()
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
