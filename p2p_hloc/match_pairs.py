@@ -270,6 +270,10 @@ def main(
     all_pairs = unique_pairs(parse_pairs(pairs))
     check_images(all_pairs, image_dir, pairs)
     done = done_pairs(matches, all_pairs)
+    pending, pending_pairs = raw.pending()
+    if pending_pairs and pending_pairs <= done:  # a finished run that was killed
+        raw.remove()  # before removing its raw folder
+        pending = set()
     new = [p for p in all_pairs if p not in done]
     logger.info("%d pairs, %d already in %s.", len(all_pairs), len(done), matches.name)
     if not new:
@@ -292,7 +296,7 @@ def main(
     names = {n for p in new for n in p}
     fixed_files = ([features] if features.exists() else []) + list(features_ref or [])
     # images of a run killed between the final renames are rebuilt, not fixed
-    fixed = load_fixed(fixed_files, names - raw.pending())
+    fixed = load_fixed(fixed_files, names - pending)
     data, sizes = [], {}
     for n0, n1 in new:
         r = raw.read(n0, n1)
@@ -321,7 +325,7 @@ def main(
         n_matches,
     )
     fixed = {n: f for n, f in fixed.items() if n in names}
-    raw.mark_pending(keypoints)
+    raw.mark_pending(keypoints, new)
     write_outputs(features, matches, new, data, keypoints, matches0, fixed, sizes)
     raw.remove()
     logger.info("Wrote %s and %s.", features, matches)

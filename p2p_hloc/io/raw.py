@@ -4,6 +4,7 @@ pairs (and maybe a stray ``.tmp``, ignored and overwritten)."""
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import zipfile
@@ -62,18 +63,22 @@ class RawMatches:
             raise RawMatchesError(f"{path} does not hold the pair ({name0}, {name1})")
         return data
 
-    def mark_pending(self, names) -> None:
-        """Record the images whose keypoints the final write is about to add,
-        so that a run killed between the two renames rebuilds them."""
+    def mark_pending(self, names, pairs) -> None:
+        """Record the images whose keypoints the final write is about to add
+        and the pairs it adds, so that a run killed between the two renames
+        rebuilds those images."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "pending.txt.tmp"
-        tmp.write_text("\n".join(sorted(names)))
-        os.replace(tmp, self.root / "pending.txt")
+        tmp = self.root / "pending.json.tmp"
+        tmp.write_text(json.dumps({"names": sorted(names), "pairs": list(pairs)}))
+        os.replace(tmp, self.root / "pending.json")
 
-    def pending(self) -> set:
-        """Images recorded by ``mark_pending`` (empty when none)."""
-        path = self.root / "pending.txt"
-        return set(path.read_text().split("\n")) - {""} if path.is_file() else set()
+    def pending(self) -> Tuple[set, set]:
+        """Images and pairs recorded by ``mark_pending`` (empty when none)."""
+        path = self.root / "pending.json"
+        if not path.is_file():
+            return set(), set()
+        data = json.loads(path.read_text())
+        return set(data["names"]), {tuple(p) for p in data["pairs"]}
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
