@@ -297,7 +297,7 @@ def main(
             step = epoch * steps_per_epoch + i
             out = train_step(model, frozen, batch, conf, gen)
             if out is None:
-                logger.warning("Step %d: every pair of the batch was skipped.", step)
+                logger.debug("Step %d: every pair of the batch was skipped.", step)
                 continue
             optim.zero_grad()
             out["loss"].backward()
