@@ -26,7 +26,8 @@ MODEL_FILES = ("cameras.bin", "images.bin", "rigs.bin", "frames.bin", "points3D.
 
 
 class TriangulationError(RuntimeError):
-    """A triangulation that cannot run or that produced no 3D points."""
+    """A triangulation (or reconstruction) that cannot run or that produced no
+    3D points."""
 
 
 def create_db_from_model(
@@ -50,8 +51,8 @@ def create_db_from_model(
 def import_features(
     image_ids: Dict[str, int], database: Path, features: Path
 ) -> Dict[str, int]:
-    """Write every model image's keypoints; returns the ids of the images found
-    (an image without keypoints is warned about and gets none)."""
+    """Write every image's keypoints; returns the ids of the images found (an
+    image without keypoints is warned about and gets none)."""
     found, missing = {}, []
     with pycolmap.Database.open(database) as db:
         for name, image_id in tqdm(image_ids.items(), desc="import features"):
@@ -64,7 +65,7 @@ def import_features(
             found[name] = image_id
     if missing:
         logger.warning(
-            "%d model images have no keypoints in %s (e.g. %s); they get no points.",
+            "%d images have no keypoints in %s (e.g. %s); they get no points.",
             len(missing),
             features,
             missing[0],
@@ -145,16 +146,15 @@ def epipolar_inliers(
 
 
 def write_matches_and_geometries(
-    reference: pycolmap.Reconstruction,
+    reference: Optional[pycolmap.Reconstruction],
     image_ids: Dict[str, int],
     database: Path,
     features: Path,
     pair_matches: Dict[Tuple[str, str], np.ndarray],
-    verify_with_poses: bool,
     max_error: float = 4.0,
 ) -> None:
-    """Write raw matches and, with ``verify_with_poses``, the matches consistent
-    with the known poses as CALIBRATED two-view geometries."""
+    """Write raw matches and, given a ``reference``, the matches consistent with
+    its poses as CALIBRATED two-view geometries."""
     keypoints: Dict[str, np.ndarray] = {}
 
     def kps(name: str) -> np.ndarray:
@@ -167,7 +167,7 @@ def write_matches_and_geometries(
         for (name0, name1), m in tqdm(pair_matches.items(), desc="import matches"):
             id0, id1 = image_ids[name0], image_ids[name1]
             db.write_matches(id0, id1, m.astype(np.uint32))
-            if not verify_with_poses:
+            if reference is None:
                 continue
             im0, im1 = reference.images[id0], reference.images[id1]
             keep = epipolar_inliers(
@@ -207,6 +207,14 @@ def model_exists(path: Path) -> bool:
     return all((path / f).is_file() for f in MODEL_FILES)
 
 
+def move_model(src: Path, dst: Path) -> None:
+    """Move the model files of ``src`` into ``dst``; points3D.bin, removed first
+    and moved last, marks a complete model."""
+    (dst / MODEL_FILES[-1]).unlink(missing_ok=True)
+    for f in MODEL_FILES:
+        (src / f).replace(dst / f)
+
+
 def main(
     sfm_dir: Path,
     reference_model: Path,
@@ -236,12 +244,11 @@ def main(
     image_ids = import_features(image_ids, database, features)
     pair_matches = read_pair_matches(image_ids, pairs, matches, min_match_score)
     write_matches_and_geometries(
-        reference,
+        None if estimate_two_view_geometries else reference,
         image_ids,
         database,
         features,
         pair_matches,
-        not estimate_two_view_geometries,
         max_epipolar_error,
     )
     if estimate_two_view_geometries:
@@ -260,8 +267,7 @@ def main(
             f"triangulation produced no 3D points (see {database}): check that the "
             "matches are correct and that the pairs overlap"
         )
-    for f in MODEL_FILES:  # points3D.bin last: its presence marks a complete model
-        (tmp / f).replace(sfm_dir / f)
+    move_model(tmp, sfm_dir)
     shutil.rmtree(tmp)
     return sfm_dir
 

@@ -1,0 +1,174 @@
+"""Structure-from-motion from scratch with pycolmap's incremental mapper.
+
+A fresh database gets the images (``pycolmap.import_images``), our keypoints
+and matches (imported as in :mod:`p2p_hloc.triangulation`), two-view geometries
+verified by RANSAC, and ``pycolmap.incremental_mapping`` reconstructs; the
+largest model is written to ``sfm_dir`` once complete.
+"""
+
+import argparse
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import pycolmap
+from tqdm import tqdm
+
+from .triangulation import (
+    TriangulationError,
+    import_features,
+    model_exists,
+    move_model,
+    read_pair_matches,
+    verify_with_ransac,
+    write_matches_and_geometries,
+)
+
+logger = logging.getLogger("p2p_hloc")
+
+
+class ReconstructionError(TriangulationError):
+    """A reconstruction that imported no image or registered no model."""
+
+
+def create_db_from_images(
+    database: Path,
+    image_dir: Path,
+    camera_mode: Union[str, pycolmap.CameraMode],
+    image_list: Optional[List[str]] = None,
+    image_options: Optional[Dict[str, Any]] = None,
+) -> Dict[str, int]:
+    """A fresh database with the images of ``image_dir`` (all, or those of
+    ``image_list``, named relative to ``image_dir``) and cameras set by
+    ``camera_mode`` and ``image_options`` (``pycolmap.ImageReaderOptions``);
+    returns ``{image name: image id}``."""
+    database.unlink(missing_ok=True)
+    pycolmap.Database.open(database).close()
+    pycolmap.import_images(
+        database,
+        image_dir,
+        pycolmap.CameraMode(camera_mode),
+        image_names=image_list or [],
+        options=pycolmap.ImageReaderOptions(image_options or {}),
+    )
+    with pycolmap.Database.open(database) as db:
+        images = db.read_all_images()
+        logger.info(
+            "Imported %d images with %d cameras.", len(images), db.num_cameras()
+        )
+    if not images:
+        raise ReconstructionError(f"no image could be imported from {image_dir}")
+    return {image.name: image.image_id for image in images}
+
+
+@contextmanager
+def colmap_log(verbose: bool) -> Iterator[None]:
+    """COLMAP's INFO messages only if ``verbose``."""
+    level = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def run_mapper(
+    database: Path,
+    image_dir: Path,
+    output: Path,
+    num_images: int,
+    mapper_options: Optional[Dict[str, Any]] = None,
+) -> Dict[int, pycolmap.Reconstruction]:
+    """``pycolmap.incremental_mapping``; model ``i`` is written to ``output/i``."""
+    options = pycolmap.IncrementalPipelineOptions(mapper_options or {})
+    with tqdm(total=num_images, desc="incremental mapping", unit="image") as pbar:
+        return pycolmap.incremental_mapping(
+            database,
+            image_dir,
+            output,
+            options=options,
+            initial_image_pair_callback=lambda: pbar.update(2),
+            next_image_callback=lambda: pbar.update(1),
+        )
+
+
+def main(
+    sfm_dir: Path,
+    image_dir: Path,
+    pairs: Path,
+    features: Path,
+    matches: Path,
+    camera_mode: Union[str, pycolmap.CameraMode] = "AUTO",
+    image_list: Optional[List[str]] = None,
+    image_options: Optional[Dict[str, Any]] = None,
+    verbose: bool = False,
+    overwrite: bool = False,
+    mapper_options: Optional[Dict[str, Any]] = None,
+) -> pycolmap.Reconstruction:
+    """Reconstruct the images of ``image_dir`` from the matches of ``pairs`` and
+    write the largest model (and ``database.db``) to ``sfm_dir``."""
+    sfm_dir = Path(sfm_dir)
+    if model_exists(sfm_dir) and not overwrite:
+        logger.info("Reconstruction exists at %s: skipping.", sfm_dir)
+        return pycolmap.Reconstruction(sfm_dir)
+    for p in (image_dir, pairs, features, matches):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"input of the reconstruction not found: {p}")
+    sfm_dir.mkdir(parents=True, exist_ok=True)
+    database = sfm_dir / "database.db"
+    tmp = sfm_dir / "models.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with colmap_log(verbose):
+            all_ids = create_db_from_images(
+                database, image_dir, camera_mode, image_list, image_options
+            )
+            image_ids = import_features(all_ids, database, features)
+            pair_matches = read_pair_matches(image_ids, pairs, matches)
+            write_matches_and_geometries(
+                None, image_ids, database, features, pair_matches
+            )
+            verify_with_ransac(database, pair_matches, sfm_dir / "pairs-verified.txt")
+            models = run_mapper(
+                database, image_dir, tmp, len(image_ids), mapper_options
+            )
+        if not models:
+            raise ReconstructionError(
+                f"incremental mapping registered no model from the {len(pair_matches)} "
+                f"pairs of {pairs} with {features} and {matches} (see {database}): "
+                "check that the pairs overlap and that the matches are correct"
+            )
+        best = max(models, key=lambda i: models[i].num_reg_images())
+        move_model(tmp / str(best), sfm_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rec = models[best]
+    logger.info(
+        "Largest of %d models: %d of %d images registered.\n%s",
+        len(models),
+        rec.num_reg_images(),
+        len(all_ids),
+        rec.summary(),
+    )
+    return rec
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sfm_dir", type=Path, required=True)
+    parser.add_argument("--image_dir", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--matches", type=Path, required=True)
+    parser.add_argument(
+        "--camera_mode",
+        default="AUTO",
+        choices=list(pycolmap.CameraMode.__members__),
+    )
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    main(**vars(parser.parse_args()))
