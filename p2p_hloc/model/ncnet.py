@@ -63,7 +63,8 @@ def correlation_maxpool(
     feat0: torch.Tensor, feat1: torch.Tensor, k: int = 2, chunk: int = 1 << 22
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``maxpool4d(correlation_4d(feat0, feat1))`` on slabs of image-1 rows, so
-    that at most ``chunk`` full-resolution entries exist at a time.
+    that at most about ``chunk`` full-resolution entries exist at a time (in
+    reused buffers; not differentiable). Honours an enclosing autocast dtype.
 
     Args: ``(1, C, H1, W1)``, ``(1, C, H2, W2)`` features (batch 1).
     Returns: pooled ``(1, 1, h1, w1, h2, w2)`` and the flat candidate index
@@ -71,19 +72,28 @@ def correlation_maxpool(
     """
     _, c, h1, w1 = feat0.shape
     h2, w2 = feat1.shape[-2:]
-    if h1 % k:
-        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {h1}")
-    a = feat0[0].permute(1, 2, 0)  # (H1, W1, C)
-    b = feat1[0].reshape(c, h2 * w2)
-    rows = max(1, chunk // (k * w1 * h2 * w2)) * k
-    pooled, index = [], []
-    for r in range(0, h1, rows):
-        slab = a[r : r + rows]
-        corr = (slab.reshape(-1, c) @ b).view(slab.shape[0], w1, h2, w2)
-        p, i = _pool_argmax(corr, k)
-        pooled.append(p)
-        index.append(i)
-    return torch.cat(pooled)[None, None], torch.cat(index)[None, None]
+    if h1 % k or w1 % k or h2 % k or w2 % k:
+        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {h1, w1, h2, w2}")
+    dev = feat0.device.type
+    auto = torch.is_autocast_enabled(dev)
+    dtype = torch.get_autocast_dtype(dev) if auto else feat0.dtype
+    a = feat0[0].permute(1, 2, 0).to(dtype)  # (H1, W1, C)
+    b = feat1[0].reshape(c, h2 * w2).to(dtype)
+    rows = min(h1, max(1, chunk // (k * w1 * h2 * w2)) * k)
+    pooled = a.new_empty(h1 // k, w1 // k, h2 // k, w2 // k)
+    index = torch.empty(pooled.shape, dtype=torch.uint8, device=a.device)
+    corr = a.new_empty(rows * w1, h2 * w2)
+    blocks = a.new_empty(rows // k, w1 // k, h2 // k, w2 // k, k**4)
+    arg = torch.empty(blocks.shape[:-1], dtype=torch.long, device=a.device)
+    with torch.autocast(dev, enabled=False):
+        for r in range(0, h1, rows):
+            n, s = min(rows, h1 - r), slice(r // k, min(h1, r + rows) // k)
+            torch.mm(a[r : r + n].reshape(n * w1, c), b, out=corr[: n * w1])
+            v = corr[: n * w1].view(n // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
+            blocks[: n // k].copy_(v.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4))
+            torch.max(blocks[: n // k], -1, out=(pooled[s], arg[: n // k]))
+            index[s] = arg[: n // k]
+    return pooled[None, None], index[None, None]
 
 
 def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -91,7 +101,7 @@ def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     b, _, h1, w1, h2, w2 = corr.shape
     max_b = corr.view(b, h1 * w1, h2, w2).amax(dim=1, keepdim=True).view(b, 1, 1, 1, h2, w2)
     max_a = corr.view(b, h1, w1, h2 * w2).amax(dim=3, keepdim=True).view(b, 1, h1, w1, 1, 1)
-    return corr * ((corr / (max_a + eps)) * (corr / (max_b + eps)))
+    return corr * (torch.div(corr, max_a + eps).mul_(corr / (max_b + eps)))
 
 
 class Conv4d(nn.Module):
@@ -130,17 +140,16 @@ class NeighConsensus(nn.Module):
     conv 1->32 and one grouped conv 32->2 on the untransposed volume. Each is a
     2D convolution over image-2 cells batched over image-1 cells: layer 1 reads
     the 9 image-1 neighbours as input channels, layer 2 writes one channel per
-    image-1 tap, summed afterwards with shifts (``rows`` image-1 rows a time).
+    image-1 tap, summed afterwards with shifts, one image-1 row at a time.
     """
 
-    def __init__(self, kernel_sizes=(3, 3), channels=(16, 1), rows: int = 4):
+    def __init__(self, kernel_sizes=(3, 3), channels=(16, 1)):
         super().__init__()
         if tuple(kernel_sizes) != (3, 3) or len(channels) != 2 or channels[1] != 1:
             raise ValueError("only the official NCNet layout (k=3, 1->C->1) is supported")
         self.conv = nn.Sequential(
             Conv4d(1, channels[0], 3), nn.ReLU(), Conv4d(channels[0], 1, 3), nn.ReLU()
         )
-        self.rows = rows
 
     def forward(self, corr: torch.Tensor) -> torch.Tensor:
         """``(1, 1, H1, W1, H2, W2)`` -> same shape."""
@@ -153,18 +162,17 @@ class NeighConsensus(nn.Module):
         _, _, h1, w1, h2, w2 = corr.shape
         x = F.pad(corr[0, 0], (0, 0, 0, 0, 1, 1, 1, 1))  # (H1+2, W1+2, H2, W2)
         acc = corr.new_zeros(h1 + 2, w1 + 2, h2, w2, 2)  # padded output
-        for r0 in range(0, h1, self.rows):
-            r1 = min(h1, r0 + self.rows)
-            n = r1 - r0
-            taps = [x[r0 + a : r1 + a, b : b + w1] for a in range(3) for b in range(3)]
-            inp = torch.stack(taps, -1).view(n * w1, h2, w2, 9).permute(0, 3, 1, 2)
-            hid = F.relu(F.conv2d(inp, w_1, b_1, padding=1))
-            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (n*W1, 18, H2, W2)
-            z = z.permute(0, 2, 3, 1).reshape(n, w1, h2, w2, 2, 9).permute(5, 0, 1, 2, 3, 4)
+        for r in range(h1):  # one image-1 row at a time: cache-sized blocks
+            taps = [x[r + a, b : b + w1] for a in range(3) for b in range(3)]
+            inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (W1, 9, H2, W2) CL
+            hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
+            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (W1, 18, H2, W2)
+            z = z.permute(0, 2, 3, 1).reshape(w1, h2, w2, 2, 9).permute(4, 0, 1, 2, 3)
+            z = z.contiguous()  # (9, W1, H2, W2, 2)
             for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
                 a, b = divmod(ab, 3)
-                acc[r0 + 2 - a : r1 + 2 - a, 2 - b : 2 - b + w1] += z[ab]
-        return F.relu(acc[1:-1, 1:-1] + l2.bias).sum(-1)[None, None]
+                acc[r + 2 - a, 2 - b : 2 - b + w1] += z[ab]
+        return acc.add_(l2.bias).relu_()[1:-1, 1:-1].sum(-1)[None, None]
 
 
 def coarse_matches(

@@ -5,8 +5,9 @@ All coordinates here are pixels of the network inputs (the resized images),
 cell centres at ``8 * cell + 4``). ``match`` can scale them to original pixels.
 """
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from .ncnet import (
 from .regressor import FeatRegressNet, gather_patches, parse_output
 
 Features = List[torch.Tensor]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -43,14 +46,22 @@ class Patch2Pix(nn.Module):
 
     State-dict keys are those of the official model (``extract.*``, ``ncn.*``,
     ``regress_mid.*``, ``regress_fine.*``) without ``extract.layer4.*``.
+
+    ``precision`` is ``'fp32'`` (default, the official results) or an opt-in
+    autocast mode for the convolutions and matrix products: ``'bf16'`` (CPUs
+    with bf16 support, GPUs) or ``'fp16'`` (GPUs). Features and outputs stay
+    float32; see docs/performance.md for the accuracy cost.
     """
 
     ksize = 2  # 4D max-pool size
     stride = 8  # feature stride of layer3 after the stride change
-    regr_batch = 256  # proposals per regressor call (memory bound)
+    regr_batch = 128  # proposals per regressor call (cache-sized)
 
-    def __init__(self, regressor: Optional[RegressorConfig] = RegressorConfig()):
+    def __init__(
+        self, regressor: Optional[RegressorConfig] = RegressorConfig(), precision: str = "fp32"
+    ):
         super().__init__()
+        self.precision = precision
         self.extract = ResNet34Features()
         self.ncn = NeighConsensus()
         self.regressor = regressor
@@ -82,6 +93,23 @@ class Patch2Pix(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
+        self._precision = value
+
+    def autocast(self) -> ContextManager:
+        """The autocast context of ``precision`` (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
     @classmethod
     def from_checkpoint(cls, path, device: Optional[str] = None) -> "Patch2Pix":
         """Build from an official checkpoint file (``patch2pix_pretrained.pth``,
@@ -93,7 +121,9 @@ class Patch2Pix(nn.Module):
     # ---------------------------------------------------------------- stages
     def extract_features(self, image: torch.Tensor) -> Features:
         """``(1, 3, H, W)`` normalised image -> the five feature levels."""
-        return self.extract(image)
+        with self.autocast():
+            feats = self.extract(image)
+        return [f.float() for f in feats]
 
     def coarse(
         self, feats0: Features, feats1: Features, ncn_threshold: float = 0.0, mutual: bool = True
@@ -110,10 +140,10 @@ class Patch2Pix(nn.Module):
                     f"got features {tuple(f.shape[-2:])}"
                 )
         f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
-        corr, offsets = correlation_maxpool(f0, f1, self.ksize)
-        corr = mutual_matching(corr)
-        corr = self.ncn(corr)
-        corr = mutual_matching(corr)
+        with self.autocast():
+            corr, offsets = correlation_maxpool(f0, f1, self.ksize)
+            corr = self.ncn(mutual_matching(corr.float()))
+        corr = mutual_matching(corr.float())
         raw, raw_scores = coarse_matches(corr, offsets, self.stride)
         raw_np, raw_scores_np = raw.cpu().numpy(), raw_scores.cpu().numpy()
         if mutual:
@@ -151,7 +181,8 @@ class Patch2Pix(nn.Module):
             centres = chunk.long()
             p0 = gather_patches(levels0, strides, centres[:, :2], size0, psize)
             p1 = gather_patches(levels1, strides, centres[:, 2:], size1, psize)
-            raws.append(net(torch.cat([p0, p1], -1).permute(0, 3, 1, 2)).float())
+            with self.autocast():
+                raws.append(net(torch.cat([p0, p1], -1).permute(0, 3, 1, 2)).float())
         raw = torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
         new, scores = parse_output(raw, matches, size0 + size1, psize)
         return {"matches": new, "scores": scores, "raw": raw}

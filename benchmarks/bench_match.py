@@ -1,0 +1,174 @@
+"""Per-stage wall time and peak memory of Patch2Pix on one image pair.
+
+Every (size, precision) configuration runs in a fresh subprocess, so that its
+peak RSS (``ru_maxrss``: model, images and all transient tensors) is its own.
+The pair is golden pair A resized to ``size x 3/4 size`` (Pillow LANCZOS) and
+matched at ``imsize = size``. Usage::
+
+    python3 benchmarks/bench_match.py                       # 640 and 1024, fp32 and bf16
+    python3 benchmarks/bench_match.py --sizes 1024 --precisions fp32 --repeats 5
+
+Times are medians over ``--repeats`` runs after one warm-up run. The stages
+are timed with the same public functions that ``Patch2Pix.coarse`` and
+``Patch2Pix.regress`` chain; ``total`` times ``forward_pair`` as a whole.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2p_hloc.model import load_model  # noqa: E402
+from p2p_hloc.model.ncnet import (  # noqa: E402
+    coarse_matches,
+    correlation_maxpool,
+    l2_normalize,
+    mutual_filter,
+    mutual_matching,
+)
+from p2p_hloc.preprocess import load_image  # noqa: E402
+
+GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
+STAGES = ["backbone", "corr+pool", "nc", "extract", "mid", "fine", "total"]
+
+
+def make_pair(size: int, folder: Path) -> List[Path]:
+    """Golden pair A resized to ``size x 3/4 size``."""
+    from PIL import Image
+
+    paths = []
+    for i in (1, 2):
+        path = folder / f"pairA_{i}_{size}.png"
+        if not path.exists():
+            im = Image.open(GOLDEN / f"pairA_{i}.png").convert("RGB")
+            im.resize((size, size * 3 // 4), Image.LANCZOS).save(path)
+        paths.append(path)
+    return paths
+
+
+def timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], tuple]:
+    def run(fn):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return out, time.perf_counter() - t
+
+    return run
+
+
+@torch.no_grad()
+def stages_once(model, x0, x1, timed) -> Dict[str, float]:
+    """One pair through every stage, each timed on its own."""
+    t: Dict[str, float] = {}
+    (f0, f1), t["backbone"] = timed(lambda: (model.extract_features(x0), model.extract_features(x1)))
+
+    def corr_pool():
+        with model.autocast():
+            a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
+            return correlation_maxpool(a, b, model.ksize)
+
+    (corr, index), t["corr+pool"] = timed(corr_pool)
+
+    def nc():
+        with model.autocast():
+            c = model.ncn(mutual_matching(corr.float()))
+        return mutual_matching(c.float())
+
+    corr, t["nc"] = timed(nc)
+
+    def extract():
+        raw, scores = coarse_matches(corr, index, model.stride, model.ksize)
+        m, _ = mutual_filter(raw.cpu().numpy(), scores.cpu().numpy())
+        return torch.from_numpy(m).to(corr.device).float()
+
+    props, t["extract"] = timed(extract)
+    mid, t["mid"] = timed(lambda: model.regress("mid", f0, f1, props))
+    _, t["fine"] = timed(lambda: model.regress("fine", f0, f1, mid["matches"]))
+    pred, t["total"] = timed(lambda: model.forward_pair(x0, x1))
+    t["proposals"] = len(pred["coarse_matches"])
+    return t
+
+
+def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -> dict:
+    model = load_model(GOLDEN / "patch2pix_random_fp16.pth", device)
+    model.precision = precision
+    p0, p1 = make_pair(size, folder)
+    x0 = load_image(p0, size)[0][None].to(device)
+    x1 = load_image(p1, size)[0][None].to(device)
+    cuda = device.startswith("cuda")
+    timed = timer(torch.cuda.synchronize if cuda else (lambda: None))
+    stages_once(model, x0, x1, timed)  # warm-up
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    runs = [stages_once(model, x0, x1, timed) for _ in range(repeats)]
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out.update(
+        size=f"{x0.shape[-1]}x{x0.shape[-2]}",
+        precision=precision,
+        device=torch.cuda.get_device_name() if cuda else "cpu",
+        threads=torch.get_num_threads(),
+        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    if cuda:
+        out["gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def table(rows: List[dict]) -> str:
+    mem = "gpu_mb" if any("gpu_mb" in r for r in rows) else "rss_mb"
+    head = ["size", "prec", "N"] + STAGES + [mem]
+    lines = [" ".join(f"{h:>9}" for h in head)]
+    for r in rows:
+        vals = [r["size"], r["precision"], r["proposals"]]
+        vals += [f"{r[s]:.2f}" for s in STAGES] + [f"{r.get(mem, 0):.0f}"]
+        lines.append(" ".join(f"{v:>9}" for v in vals))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[640, 1024])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        size, precision = int(args.worker[0]), args.worker[1]
+        print(json.dumps(worker(size, precision, args.device, args.repeats, args.folder)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            for precision in args.precisions:
+                cmd = [sys.executable, __file__, "--worker", str(size), precision]
+                cmd += ["--device", args.device, "--repeats", str(args.repeats)]
+                res = subprocess.run(cmd + ["--folder", tmp], capture_output=True, text=True)
+                if res.returncode:
+                    print(res.stderr, file=sys.stderr)
+                    continue
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+                print(f"done {size} {precision}", file=sys.stderr)
+    print(f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians)")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
