@@ -17,13 +17,23 @@ from p2p_hloc.train.megadepth import (
 
 # (width, height) of the images of the fake scene; aspect ratios
 # 1.5, 1.6, 1.3, 1.7, 1.0, 1.8 and a portrait one
-SIZES = [(150, 100), (160, 100), (130, 100), (170, 100), (100, 100), (180, 100), (100, 150)]
+SIZES = [
+    (150, 100),
+    (160, 100),
+    (130, 100),
+    (170, 100),
+    (100, 100),
+    (180, 100),
+    (100, 150),
+]
 
 
 def pose(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_euler("xyz", rng.uniform(-10, 10, 3), degrees=True).as_matrix()
+    T[:3, :3] = Rotation.from_euler(
+        "xyz", rng.uniform(-10, 10, 3), degrees=True
+    ).as_matrix()
     T[:3, 3] = rng.uniform(-0.5, 0.5, 3)
     return T
 
@@ -68,8 +78,17 @@ def test_aspect_and_overlap(tmp_path):
     pairs = select_pairs(info_dir, tmp_path, {"max_sfm_sampson": None})
     got = {(p["image0"].split("/")[-1], p["image1"].split("/")[-1]) for p in pairs}
     # landscape images 0..3 have aspect in [1.3, 1.7]; 4 (1.0), 5 (1.8), 6 (portrait) don't
-    assert got == {("0.jpg", "2.jpg"), ("0.jpg", "3.jpg"), ("1.jpg", "2.jpg"), ("2.jpg", "3.jpg")}
-    p = next(p for p in pairs if p["image1"].endswith("2.jpg") and p["image0"].endswith("0.jpg"))
+    assert got == {
+        ("0.jpg", "2.jpg"),
+        ("0.jpg", "3.jpg"),
+        ("1.jpg", "2.jpg"),
+        ("2.jpg", "3.jpg"),
+    }
+    p = next(
+        p
+        for p in pairs
+        if p["image1"].endswith("2.jpg") and p["image0"].endswith("0.jpg")
+    )
     assert p["overlap"] == pytest.approx(0.36)
     assert tuple(p["size0"]) == (150, 100) and tuple(p["size1"]) == (130, 100)
     np.testing.assert_allclose(p["T_0to1"], pose(2) @ np.linalg.inv(pose(0)))
@@ -85,10 +104,20 @@ def test_cap_exclusion_and_none(tmp_path):
     conf = {"pairs_per_scene": 20, "max_sfm_sampson": None}
     pairs = select_pairs(tmp_path / "scene_info", tmp_path, conf)
     scenes = [p["scene"] for p in pairs]
-    assert scenes.count("0100") == 20 and scenes.count("0200") == 6 and "0024" not in scenes
-    assert all("0.jpg" not in (p["image0"] + p["image1"]) for p in pairs if p["scene"] == "0200")
+    assert (
+        scenes.count("0100") == 20
+        and scenes.count("0200") == 6
+        and "0024" not in scenes
+    )
+    assert all(
+        "0.jpg" not in (p["image0"] + p["image1"])
+        for p in pairs
+        if p["scene"] == "0200"
+    )
     again = select_pairs(tmp_path / "scene_info", tmp_path, conf)
-    assert [p["image0"] + p["image1"] for p in again] == [p["image0"] + p["image1"] for p in pairs]
+    assert [p["image0"] + p["image1"] for p in again] == [
+        p["image0"] + p["image1"] for p in pairs
+    ]
 
 
 def test_sfm_sampson_filter(tmp_path):
@@ -129,7 +158,10 @@ def test_crop_resize_and_fundamental(tmp_path):
     X = np.random.default_rng(0).uniform([-1, -1, 4], [1, 1, 6], (10, 3))
     xs = []
     for i, (wi, hi) in enumerate(sizes):
-        x = (resized_intrinsics(intrinsics(wi, hi), wi, hi) @ (pose(i)[:3] @ np.c_[X, np.ones(10)].T)).T
+        x = (
+            resized_intrinsics(intrinsics(wi, hi), wi, hi)
+            @ (pose(i)[:3] @ np.c_[X, np.ones(10)].T)
+        ).T
         xs.append(x[:, :2] / x[:, 2:])
     d = sampson_distance(torch.from_numpy(np.hstack(xs)), item["F"].double())
     assert d.max() < 1e-6

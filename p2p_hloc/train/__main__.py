@@ -14,10 +14,16 @@ logger = logging.getLogger("p2p_hloc")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--output_dir", type=Path, required=True)
-    p.add_argument("--weights", type=Path, help="initial checkpoint (e.g. ncn_ivd_5ep.pth)")
+    p.add_argument(
+        "--weights", type=Path, help="initial checkpoint (e.g. ncn_ivd_5ep.pth)"
+    )
     p.add_argument("--dataset", choices=["megadepth", "planar"], default="megadepth")
-    p.add_argument("--megadepth_root", type=Path, help="D2-Net undistorted MegaDepth root")
-    p.add_argument("--scene_info", type=Path, help="scene_info folder (to select pairs)")
+    p.add_argument(
+        "--megadepth_root", type=Path, help="D2-Net undistorted MegaDepth root"
+    )
+    p.add_argument(
+        "--scene_info", type=Path, help="scene_info folder (to select pairs)"
+    )
     p.add_argument("--pairs", type=Path, help="pairs .npz (written if absent)")
     p.add_argument("--num_pairs", type=int, default=256, help="generated pairs")
     p.add_argument("--val_pairs", type=int, default=0, help="held-out generated pairs")

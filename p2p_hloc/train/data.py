@@ -6,7 +6,7 @@ each camera sees it through the plane-induced homography and the view is
 rendered with ``cv2.warpPerspective``. Pixels off the plane are black.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,7 +24,9 @@ def skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
 
 
-def fundamental_matrix(K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray) -> np.ndarray:
+def fundamental_matrix(
+    K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray
+) -> np.ndarray:
     """``F`` with ``x1^T F x0 = 0`` from intrinsics and the ``(4, 4)`` relative
     pose mapping camera-0 to camera-1 coordinates."""
     R, t = T_0to1[:3, :3], T_0to1[:3, 3]
@@ -38,18 +40,30 @@ def load_texture(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-def look_at_plane(rng: np.random.Generator, conf: Dict) -> np.ndarray:
-    """A random world-to-camera ``(4, 4)`` pose facing the plane ``z = 0``."""
+def look_at_plane(
+    rng: np.random.Generator, centre: np.ndarray, conf: Dict
+) -> np.ndarray:
+    """A world-to-camera ``(4, 4)`` pose at ``centre`` facing the plane
+    ``z = 0``, randomly rotated by up to ``max_rotation``."""
     euler = rng.uniform(-1, 1, 3) * np.array(conf["max_rotation"])
     R = Rotation.from_euler("xyz", euler, degrees=True).as_matrix()
-    centre = np.r_[rng.uniform(-1, 1, 2) * conf["max_offset"], -conf["distance"]]
-    centre[2] *= rng.uniform(1 - conf["distance_jitter"], 1 + conf["distance_jitter"])
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = R, -R @ centre
     return T
 
 
-def render_plane_pair(texture: np.ndarray, seed: int, conf: Dict) -> Dict[str, np.ndarray]:
+def camera_centres(rng: np.random.Generator, conf: Dict) -> List[np.ndarray]:
+    """Camera 0 at a random lateral offset and distance from the plane;
+    camera 1 displaced by ``baseline`` plus a jitter."""
+    c0 = np.r_[rng.uniform(-1, 1, 2) * conf["max_offset"], -conf["distance"]]
+    c0[2] *= rng.uniform(1 - conf["distance_jitter"], 1 + conf["distance_jitter"])
+    jitter = rng.uniform(-1, 1, 3) * conf["baseline_jitter"]
+    return [c0, c0 + np.array(conf["baseline"]) + jitter]
+
+
+def render_plane_pair(
+    texture: np.ndarray, seed: int, conf: Dict
+) -> Dict[str, np.ndarray]:
     """Render two views of the textured plane.
 
     Returns ``image0``, ``image1`` ``(H, W, 3)`` uint8, ``K`` ``(3, 3)``,
@@ -61,7 +75,7 @@ def render_plane_pair(texture: np.ndarray, seed: int, conf: Dict) -> Dict[str, n
     th, tw = texture.shape[:2]
     s = conf["plane_width"] / tw  # metres per texel, texture centred at the origin
     A = np.array([[s, 0, -s * tw / 2], [0, s, -s * th / 2], [0, 0, 1.0]])
-    poses = [look_at_plane(rng, conf) for _ in range(2)]
+    poses = [look_at_plane(rng, c, conf) for c in camera_centres(rng, conf)]
     images = []
     for i, T in enumerate(poses):
         H = K @ T[:3][:, [0, 1, 3]] @ A  # texel -> pixel
@@ -97,14 +111,18 @@ class PlanarPairs(Dataset):
         "distance": 2.0,  # camera to plane
         "distance_jitter": 0.1,
         "plane_width": 3.0,
-        "max_offset": 0.25,  # lateral camera offset
-        "max_rotation": (6.0, 6.0, 5.0),  # degrees about x, y, z
+        "max_offset": 0.2,  # lateral offset of camera 0
+        "baseline": (0.3, 0.0, 0.0),  # camera 1 - camera 0
+        "baseline_jitter": 0.1,  # per axis
+        "max_rotation": (5.0, 5.0, 5.0),  # degrees about x, y, z, per camera
         "gain": (0.8, 1.2),
     }
 
     def __init__(self, conf: Dict = None):
         self.conf = {**self.default_conf, **(conf or {})}
-        self.textures: Sequence[np.ndarray] = [load_texture(n) for n in self.conf["textures"]]
+        self.textures: Sequence[np.ndarray] = [
+            load_texture(n) for n in self.conf["textures"]
+        ]
 
     def __len__(self) -> int:
         return self.conf["num_pairs"]

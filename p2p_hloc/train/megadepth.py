@@ -80,7 +80,10 @@ def sfm_sampson(info: Dict, i: int, j: int) -> Optional[float]:
 
 
 def scene_candidates(
-    info: Dict, root: Path, conf: Dict, sizes: Optional[Dict[str, Tuple[int, int]]] = None
+    info: Dict,
+    root: Path,
+    conf: Dict,
+    sizes: Optional[Dict[str, Tuple[int, int]]] = None,
 ) -> List[Dict]:
     """All valid pairs of one ``scene_info`` file (before the per-scene cap).
 
@@ -144,7 +147,9 @@ def select_pairs(scene_info_dir: Path, root: Path, conf: Dict = None) -> List[Di
         keep = rng.permutation(len(cands))[: conf["pairs_per_scene"]]
         out += [{"scene": scene, **cands[k]} for k in sorted(keep)]
         logger.debug("Scene %s: %d of %d pairs.", scene, len(keep), len(cands))
-    logger.info("Selected %d pairs from %d scenes.", len(out), len({p["scene"] for p in out}))
+    logger.info(
+        "Selected %d pairs from %d scenes.", len(out), len({p["scene"] for p in out})
+    )
     return out
 
 
@@ -152,7 +157,17 @@ def write_pairs(pairs: List[Dict], path: Path) -> Path:
     """Store pairs as an ``.npz`` of stacked fields."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = ["scene", "image0", "image1", "size0", "size1", "K0", "K1", "T_0to1", "overlap"]
+    keys = [
+        "scene",
+        "image0",
+        "image1",
+        "size0",
+        "size1",
+        "K0",
+        "K1",
+        "T_0to1",
+        "overlap",
+    ]
     np.savez(path, **{k: np.array([p[k] for p in pairs]) for k in keys})
     return path
 

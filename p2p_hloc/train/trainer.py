@@ -44,6 +44,7 @@ default_conf = {
     "cls_weight": 10.0,
     "geo_weights": [1.0, 1.0],  # mid, fine
     "ncn_threshold": 0.0,
+    "freeze_bn": False,  # regressor BatchNorm on running statistics (official: no)
     "cache_features": False,  # keep the frozen features and proposals in memory
     "num_workers": 0,
     "log_every": 10,
@@ -78,7 +79,9 @@ def build_model(conf: Dict, weights: Optional[Path] = None) -> Patch2Pix:
         if k.startswith("regress_")
     )
     if not fits:
-        logger.info("Regressors of %s do not fit the config: initialised randomly.", weights)
+        logger.info(
+            "Regressors of %s do not fit the config: initialised randomly.", weights
+        )
         state = {
             **{k: v for k, v in own.items() if k.startswith("regress_")},
             **{k: v for k, v in state.items() if not k.startswith("regress_")},
@@ -87,13 +90,14 @@ def build_model(conf: Dict, weights: Optional[Path] = None) -> Patch2Pix:
     return model
 
 
-def set_train_mode(model: Patch2Pix) -> None:
-    """Frozen backbone and NC in eval mode; regressors trainable, train mode."""
+def set_train_mode(model: Patch2Pix, freeze_bn: bool = False) -> None:
+    """Frozen backbone and NC in eval mode; regressors trainable, in train mode
+    unless ``freeze_bn`` (then their BatchNorm keeps its running statistics)."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     for net in (model.regress_mid, model.regress_fine):
-        net.train()
+        net.train(not freeze_bn)
         for p in net.parameters():
             p.requires_grad_(True)
 
@@ -113,7 +117,9 @@ class FrozenStage:
         dev = self.model.device
         feats0 = self.model.extract_features(item["image0"][None].to(dev))
         feats1 = self.model.extract_features(item["image1"][None].to(dev))
-        coarse = self.model.coarse(feats0, feats1, self.conf["ncn_threshold"])["matches"]
+        coarse = self.model.coarse(feats0, feats1, self.conf["ncn_threshold"])[
+            "matches"
+        ]
         out = (feats0, feats1, coarse)
         if self.conf["cache_features"]:
             self.cache[index] = out
@@ -177,7 +183,7 @@ def evaluate(
     ``*_inlier`` averages over the proposals whose coarse error is below the
     mid geometric threshold (those the regressors learn to refine); with
     ``inliers_only`` only those are refined (faster)."""
-    was_training = model.regress_mid.training
+    was_training = any(p.requires_grad for p in model.regress_mid.parameters())
     model.eval()
     frozen = FrozenStage(model, {**conf, "cache_features": False})
     errors = {"coarse": [], "mid": [], "fine": []}
@@ -186,7 +192,9 @@ def evaluate(
         feats0, feats1, coarse = frozen(item, i)
         fmat = item["F"].to(model.device)
         if inliers_only:
-            coarse = coarse[sampson_distance(coarse.float(), fmat) < conf["geo_thresholds"][0]]
+            coarse = coarse[
+                sampson_distance(coarse.float(), fmat) < conf["geo_thresholds"][0]
+            ]
         if len(coarse) == 0:
             continue
         out = forward_pair(model, feats0, feats1, coarse)
@@ -194,7 +202,7 @@ def evaluate(
         errors["mid"].append(sampson_distance(out["mid"]["matches"], fmat))
         errors["fine"].append(sampson_distance(out["fine"]["matches"], fmat))
     if was_training:
-        set_train_mode(model)
+        set_train_mode(model, conf["freeze_bn"])
     if not errors["coarse"]:
         return {}
     err = {k: torch.cat(v) for k, v in errors.items()}
@@ -270,7 +278,7 @@ def main(
         ckpt = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    set_train_mode(model)
+    set_train_mode(model, conf["freeze_bn"])
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.Adam(params, lr=conf["lr"], weight_decay=conf["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(
