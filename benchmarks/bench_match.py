@@ -10,7 +10,10 @@ matched at ``imsize = size``. Usage::
 
 Times are medians over ``--repeats`` runs after one warm-up run. The stages
 are timed with the same public functions that ``Patch2Pix.coarse`` and
-``Patch2Pix.regress`` chain; ``total`` times ``forward_pair`` as a whole.
+``Patch2Pix.regress`` chain; ``total`` times ``forward_pair`` as a whole,
+``cpu`` is its process CPU time (all threads) and ``load`` the 1-minute load
+average when the configuration started: on a shared machine, compare runs of
+similar load only.
 """
 
 import argparse
@@ -41,7 +44,7 @@ from p2p_hloc.model.ncnet import (  # noqa: E402
 from p2p_hloc.preprocess import load_image  # noqa: E402
 
 GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
-STAGES = ["backbone", "corr+pool", "nc", "extract", "mid", "fine", "total"]
+STAGES = ["backbone", "corr+pool", "nc", "extract", "mid", "fine", "total", "cpu"]
 
 
 def make_pair(size: int, folder: Path) -> List[Path]:
@@ -97,12 +100,15 @@ def stages_once(model, x0, x1, timed) -> Dict[str, float]:
     props, t["extract"] = timed(extract)
     mid, t["mid"] = timed(lambda: model.regress("mid", f0, f1, props))
     _, t["fine"] = timed(lambda: model.regress("fine", f0, f1, mid["matches"]))
+    cpu = time.process_time()
     pred, t["total"] = timed(lambda: model.forward_pair(x0, x1))
+    t["cpu"] = time.process_time() - cpu
     t["proposals"] = len(pred["coarse_matches"])
     return t
 
 
 def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -> dict:
+    load = os.getloadavg()[0]
     model = load_model(GOLDEN / "patch2pix_random_fp16.pth", device)
     model.precision = precision
     p0, p1 = make_pair(size, folder)
@@ -120,6 +126,7 @@ def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -
         precision=precision,
         device=torch.cuda.get_device_name() if cuda else "cpu",
         threads=torch.get_num_threads(),
+        load=load,
         rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     if cuda:
@@ -129,11 +136,11 @@ def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -
 
 def table(rows: List[dict]) -> str:
     mem = "gpu_mb" if any("gpu_mb" in r for r in rows) else "rss_mb"
-    head = ["size", "prec", "N"] + STAGES + [mem]
+    head = ["size", "prec", "N"] + STAGES + [mem, "load"]
     lines = [" ".join(f"{h:>9}" for h in head)]
     for r in rows:
         vals = [r["size"], r["precision"], r["proposals"]]
-        vals += [f"{r[s]:.2f}" for s in STAGES] + [f"{r.get(mem, 0):.0f}"]
+        vals += [f"{r[s]:.2f}" for s in STAGES] + [f"{r.get(mem, 0):.0f}", f"{r['load']:.1f}"]
         lines.append(" ".join(f"{v:>9}" for v in vals))
     return "\n".join(lines)
 

@@ -77,22 +77,34 @@ def correlation_maxpool(
     dev = feat0.device.type
     auto = torch.is_autocast_enabled(dev)
     dtype = torch.get_autocast_dtype(dev) if auto else feat0.dtype
+    q1, q2 = h2 // k * (w2 // k), k * k  # pooled image-2 cells, candidates per axis pair
+    # Image-2 cells ordered (pooled cell, dk, dl) and image-1 rows (pooled column,
+    # di, dj): the k^4 candidates of a block are then two contiguous groups.
+    b = feat1[0].reshape(c, h2 // k, k, w2 // k, k).permute(0, 1, 3, 2, 4)
+    b = b.reshape(c, h2 * w2).to(dtype)
     a = feat0[0].permute(1, 2, 0).to(dtype)  # (H1, W1, C)
-    b = feat1[0].reshape(c, h2 * w2).to(dtype)
     rows = min(h1, max(1, chunk // (k * w1 * h2 * w2)) * k)
-    pooled = a.new_empty(h1 // k, w1 // k, h2 // k, w2 // k)
+    pooled = a.new_empty(h1 // k, w1 // k, q1)
     index = torch.empty(pooled.shape, dtype=torch.uint8, device=a.device)
+    slab = a.new_empty(rows // k, w1 // k, k, k, c)
     corr = a.new_empty(rows * w1, h2 * w2)
-    blocks = a.new_empty(rows // k, w1 // k, h2 // k, w2 // k, k**4)
-    arg = torch.empty(blocks.shape[:-1], dtype=torch.long, device=a.device)
+    m1 = a.new_empty(rows // k, w1 // k, q2, q1)
+    i1 = torch.empty(m1.shape, dtype=torch.long, device=a.device)
+    i2 = torch.empty(rows // k, w1 // k, 1, q1, dtype=torch.long, device=a.device)
     with torch.autocast(dev, enabled=False):
         for r in range(0, h1, rows):
-            n, s = min(rows, h1 - r), slice(r // k, min(h1, r + rows) // k)
-            torch.mm(a[r : r + n].reshape(n * w1, c), b, out=corr[: n * w1])
-            v = corr[: n * w1].view(n // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
-            blocks[: n // k].copy_(v.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4))
-            torch.max(blocks[: n // k], -1, out=(pooled[s], arg[: n // k]))
-            index[s] = arg[: n // k]
+            n = min(rows, h1 - r) // k
+            s = slice(r // k, r // k + n)
+            v = a[r : r + n * k].view(n, k, w1 // k, k, c).transpose(1, 2)
+            slab[:n].copy_(v)
+            out = corr[: n * w1 * k]
+            torch.mm(slab[:n].view(-1, c), b, out=out)  # (n, w1/k, di, dj) x (q1, dk, dl)
+            torch.max(out.view(n, w1 // k, q2, q1, q2), -1, out=(m1[:n], i1[:n]))
+            # first maximum over (di, dj), then the (dk, dl) that gave it
+            torch.max(m1[:n], 2, keepdim=True, out=(pooled[s, :, None], i2[:n]))
+            index[s] = (i2[:n] * q2 + i1[:n].gather(2, i2[:n]))[:, :, 0]
+    pooled = pooled.view(h1 // k, w1 // k, h2 // k, w2 // k)
+    index = index.view(pooled.shape)
     return pooled[None, None], index[None, None]
 
 

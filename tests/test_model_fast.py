@@ -1,0 +1,103 @@
+"""The fast model kernels against tiny naive references on random inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from p2p_hloc.model import Patch2Pix
+from p2p_hloc.model.ncnet import (
+    NeighConsensus,
+    coarse_matches,
+    correlation_4d,
+    correlation_maxpool,
+    decode_argmax,
+    maxpool4d,
+)
+from p2p_hloc.model.regressor import gather_patches
+
+
+def conv4d_ref(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Direct 4D cross-correlation, padding 1: x (C, H1, W1, H2, W2), kernel
+    (O, C, 3, 3, 3, 3) -> (O, H1, W1, H2, W2)."""
+    _, h1, w1, h2, w2 = x.shape
+    xp = F.pad(x, (1, 1, 1, 1, 1, 1, 1, 1))
+    out = bias[:, None, None, None, None].expand(-1, h1, w1, h2, w2).clone()
+    for a in range(3):
+        for b in range(3):
+            for e in range(3):
+                for f in range(3):
+                    win = xp[:, a : a + h1, b : b + w1, e : e + h2, f : f + w2]
+                    out += torch.einsum("oc,cijkl->oijkl", kernel[:, :, a, b, e, f], win)
+    return out
+
+
+def test_neigh_consensus_matches_naive():
+    torch.manual_seed(0)
+    ncn = NeighConsensus()
+    for p in ncn.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.rand(1, 1, 4, 5, 3, 6, dtype=torch.float64)
+    ncn = ncn.double()
+    l1, l2 = ncn.conv[0], ncn.conv[2]
+
+    def f(v):
+        h = conv4d_ref(v, l1.kernel, l1.bias).relu()
+        return conv4d_ref(h, l2.kernel, l2.bias).relu()
+
+    ref = f(x[0]) + f(x[0].permute(0, 3, 4, 1, 2)).permute(0, 3, 4, 1, 2)
+    with torch.no_grad():
+        out = ncn(x)
+    torch.testing.assert_close(out[0], ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 200, 1 << 22])
+def test_correlation_maxpool_matches_two_step(chunk):
+    torch.manual_seed(1)
+    f0, f1 = torch.rand(1, 16, 6, 8), torch.rand(1, 16, 4, 10)
+    pooled_ref, off_ref = maxpool4d(correlation_4d(f0, f1), 2)
+    pooled, index = correlation_maxpool(f0, f1, 2, chunk=chunk)
+    torch.testing.assert_close(pooled, pooled_ref)
+    assert torch.equal(decode_argmax(index), off_ref)
+    corr = torch.rand_like(pooled)
+    for a, b in zip(coarse_matches(corr, index), coarse_matches(corr, off_ref)):
+        assert torch.equal(a, b)
+
+
+def test_maxpool_ties_take_the_first_candidate():
+    x = torch.zeros(1, 1, 2, 2, 2, 2)
+    pooled, off = maxpool4d(x, 2)
+    assert pooled.item() == 0 and off.sum() == 0
+
+
+def test_gather_patches_matches_naive():
+    torch.manual_seed(2)
+    w, h, psize = 40, 24, 16
+    strides = [1, 2, 4, 8]
+    feats = [torch.rand(c, h // s, w // s) for c, s in zip([3, 5, 4, 6], strides)]
+    points = torch.tensor([[0, 0], [39, 23], [17, 9], [8, 20]])
+    out = gather_patches(feats, strides, points, (w, h), psize)
+    assert out.shape == (4, psize, psize, 18)
+    for n, (x, y) in enumerate(points.tolist()):
+        for i, dy in enumerate(range(-8, 8)):
+            for j, dx in enumerate(range(-8, 8)):
+                v = []
+                for f, s in zip(feats, strides):
+                    xi = min(max((x + dx) // s, 0), w // s - 1)
+                    yi = min(max((y + dy) // s, 0), h // s - 1)
+                    v.append(f[:, yi, xi])
+                v = torch.cat(v)
+                torch.testing.assert_close(out[n, i, j], v / torch.sqrt((v * v).sum() + 1e-6))
+
+
+def test_precision_modes():
+    model = Patch2Pix()
+    assert model.precision == "fp32"
+    with pytest.raises(ValueError):
+        model.precision = "int8"
+    model.precision = "bf16"
+    torch.manual_seed(3)
+    x0, x1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 80, 64)
+    pred = model.forward_pair(x0, x1)
+    assert pred["matches"].dtype == torch.float32
+    assert pred["scores"].dtype == torch.float32
+    assert len(pred["matches"]) == len(pred["coarse_matches"]) > 0
