@@ -24,6 +24,7 @@ CONF = {
     "freeze_bn": True,  # batches of 32 anchors: keep the golden BN statistics
     "cache_features": True,
     "log_every": 1,
+    "save_every": 12,
 }
 
 
@@ -92,4 +93,27 @@ def test_train_planar(golden_weights, tmp_path):
     assert cfg.items() >= cfg_official.items()
     shapes = {k: v.shape for k, v in ours["state_dict"].items()}
     assert shapes == {k: v.shape for k, v in official["state_dict"].items()}
-    assert (tmp_path / f"ckpt_ep{CONF['epochs']}.pth").is_file()
+    assert sorted(p.name for p in tmp_path.glob("ckpt_ep*.pth")) == [
+        "ckpt_ep12.pth",
+        "ckpt_ep24.pth",
+    ]
+
+
+def test_resume(golden_weights, tmp_path):
+    torch.set_num_threads(2)
+    data = PlanarPairs({"num_pairs": 2, "seed": 3, "size": (192, 128)})
+    conf = {
+        **CONF,
+        "epochs": 2,
+        "batch_size": 2,
+        "ptmax": 2,
+        "expansion": True,
+        "save_every": 0,
+    }
+    straight = trainer.main(conf, data, tmp_path / "a", golden_weights)
+    trainer.main({**conf, "epochs": 1}, data, tmp_path / "b", golden_weights)
+    resumed = trainer.main(conf, data, tmp_path / "b", golden_weights)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["last_epoch"] == b["last_epoch"] == 1
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(v, b["state_dict"][k], msg=k)

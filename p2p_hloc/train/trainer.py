@@ -13,6 +13,7 @@ official ``net.train()``.
 import csv
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -48,6 +49,7 @@ default_conf = {
     "cache_features": False,  # keep the frozen features and proposals in memory
     "num_workers": 0,
     "log_every": 10,
+    "save_every": 1,  # epochs between ckpt_ep{k}.pth files (0: only last_ckpt)
 }
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "cls_mid", "cls_fine", "geo_mid",
@@ -331,8 +333,9 @@ def main(
             "optim": optim.state_dict(),
             "lr_scheduler": sched.state_dict(),
         }
-        save_checkpoint(model, output_dir / f"ckpt_ep{epoch + 1}.pth", extra)
         save_checkpoint(model, last, extra)
+        if conf["save_every"] and (epoch + 1) % conf["save_every"] == 0:
+            shutil.copyfile(last, output_dir / f"ckpt_ep{epoch + 1}.pth")
     log.close()
     return last
 
