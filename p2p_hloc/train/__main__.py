@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cls_thresholds", type=float, nargs=2, default=[50.0, 5.0])
     p.add_argument("--geo_thresholds", type=float, nargs=2, default=[50.0, 5.0])
     p.add_argument("--cache_features", action="store_true")
+    p.add_argument("--freeze_bn", action="store_true", help="regressor BN frozen")
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--no_resume", action="store_true")
     return p.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv=None) -> Path:
     conf = {
         k: getattr(args, k)
         for k in ["epochs", "batch_size", "lr", "seed", "ptmax", "feat_idx",
-                  "cls_thresholds", "geo_thresholds", "cache_features", "num_workers"]
+                  "cls_thresholds", "geo_thresholds", "cache_features", "num_workers", "freeze_bn"]
     }  # fmt: skip
     conf["expansion"] = not args.no_expansion
     val = None
