@@ -79,18 +79,11 @@ def stages_once(model, x0, x1, timed) -> Dict[str, float]:
     (f0, f1), t["backbone"] = timed(lambda: (model.extract_features(x0), model.extract_features(x1)))
 
     def corr_pool():
-        with model.autocast():
-            a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
-            return correlation_maxpool(a, b, model.ksize)
+        a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
+        return correlation_maxpool(a, b, model.ksize)
 
     (corr, index), t["corr+pool"] = timed(corr_pool)
-
-    def nc():
-        with model.autocast():
-            c = model.ncn(mutual_matching(corr.float()))
-        return mutual_matching(c.float())
-
-    corr, t["nc"] = timed(nc)
+    corr, t["nc"] = timed(lambda: mutual_matching(model.ncn(mutual_matching(corr))))
 
     def extract():
         raw, scores = coarse_matches(corr, index, model.stride, model.ksize)

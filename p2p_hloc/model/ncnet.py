@@ -64,7 +64,7 @@ def correlation_maxpool(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``maxpool4d(correlation_4d(feat0, feat1))`` on slabs of image-1 rows, so
     that at most about ``chunk`` full-resolution entries exist at a time (in
-    reused buffers; not differentiable). Honours an enclosing autocast dtype.
+    reused buffers; not differentiable).
 
     Args: ``(1, C, H1, W1)``, ``(1, C, H2, W2)`` features (batch 1).
     Returns: pooled ``(1, 1, h1, w1, h2, w2)`` and the flat candidate index
@@ -74,15 +74,12 @@ def correlation_maxpool(
     h2, w2 = feat1.shape[-2:]
     if h1 % k or w1 % k or h2 % k or w2 % k:
         raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {h1, w1, h2, w2}")
-    dev = feat0.device.type
-    auto = torch.is_autocast_enabled(dev)
-    dtype = torch.get_autocast_dtype(dev) if auto else feat0.dtype
     q1, q2 = h2 // k * (w2 // k), k * k  # pooled image-2 cells, candidates per axis pair
     # Image-2 cells ordered (pooled cell, dk, dl) and image-1 rows (pooled column,
     # di, dj): the k^4 candidates of a block are then two contiguous groups.
     b = feat1[0].reshape(c, h2 // k, k, w2 // k, k).permute(0, 1, 3, 2, 4)
-    b = b.reshape(c, h2 * w2).to(dtype)
-    a = feat0[0].permute(1, 2, 0).to(dtype)  # (H1, W1, C)
+    b = b.reshape(c, h2 * w2)
+    a = feat0[0].permute(1, 2, 0)  # (H1, W1, C)
     rows = min(h1, max(1, chunk // (k * w1 * h2 * w2)) * k)
     pooled = a.new_empty(h1 // k, w1 // k, q1)
     index = torch.empty(pooled.shape, dtype=torch.uint8, device=a.device)
@@ -91,18 +88,17 @@ def correlation_maxpool(
     m1 = a.new_empty(rows // k, w1 // k, q2, q1)
     i1 = torch.empty(m1.shape, dtype=torch.long, device=a.device)
     i2 = torch.empty(rows // k, w1 // k, 1, q1, dtype=torch.long, device=a.device)
-    with torch.autocast(dev, enabled=False):
-        for r in range(0, h1, rows):
-            n = min(rows, h1 - r) // k
-            s = slice(r // k, r // k + n)
-            v = a[r : r + n * k].view(n, k, w1 // k, k, c).transpose(1, 2)
-            slab[:n].copy_(v)
-            out = corr[: n * w1 * k]
-            torch.mm(slab[:n].view(-1, c), b, out=out)  # (n, w1/k, di, dj) x (q1, dk, dl)
-            torch.max(out.view(n, w1 // k, q2, q1, q2), -1, out=(m1[:n], i1[:n]))
-            # first maximum over (di, dj), then the (dk, dl) that gave it
-            torch.max(m1[:n], 2, keepdim=True, out=(pooled[s, :, None], i2[:n]))
-            index[s] = (i2[:n] * q2 + i1[:n].gather(2, i2[:n]))[:, :, 0]
+    for r in range(0, h1, rows):
+        n = min(rows, h1 - r) // k
+        s = slice(r // k, r // k + n)
+        v = a[r : r + n * k].view(n, k, w1 // k, k, c).transpose(1, 2)
+        slab[:n].copy_(v)
+        out = corr[: n * w1 * k]
+        torch.mm(slab[:n].view(-1, c), b, out=out)  # (n, w1/k, di, dj) x (q1, dk, dl)
+        torch.max(out.view(n, w1 // k, q2, q1, q2), -1, out=(m1[:n], i1[:n]))
+        # first maximum over (di, dj), then the (dk, dl) that gave it
+        torch.max(m1[:n], 2, keepdim=True, out=(pooled[s, :, None], i2[:n]))
+        index[s] = (i2[:n] * q2 + i1[:n].gather(2, i2[:n]))[:, :, 0]
     pooled = pooled.view(h1 // k, w1 // k, h2 // k, w2 // k)
     index = index.view(pooled.shape)
     return pooled[None, None], index[None, None]
@@ -204,7 +200,7 @@ def coarse_matches(
     _, _, h1, w1, h2, w2 = corr.shape
     dev = corr.device
     per_axis = offsets.dim() == corr.dim() + 1
-    corr = corr.reshape(h1 * w1, h2 * w2).float()
+    corr = corr.reshape(h1 * w1, h2 * w2)
     # Direction 1: for every image-2 cell, softmax over the image-1 cells.
     s1, a1 = F.softmax(corr, dim=0).max(dim=0)
     b1 = torch.arange(h2 * w2, device=dev)

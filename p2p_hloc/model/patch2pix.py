@@ -21,7 +21,7 @@ from .ncnet import (
     mutual_filter,
     mutual_matching,
 )
-from .regressor import FeatRegressNet, gather_patches, parse_output
+from .regressor import FeatRegressNet, gather_patches, parse_output, patch_tables
 
 Features = List[torch.Tensor]
 
@@ -48,9 +48,10 @@ class Patch2Pix(nn.Module):
     ``regress_mid.*``, ``regress_fine.*``) without ``extract.layer4.*``.
 
     ``precision`` is ``'fp32'`` (default, the official results) or an opt-in
-    autocast mode for the convolutions and matrix products: ``'bf16'`` (CPUs
-    with bf16 support, GPUs) or ``'fp16'`` (GPUs). Features and outputs stay
-    float32; see docs/performance.md for the accuracy cost.
+    autocast mode for the regressors, the largest cost: ``'bf16'`` (CPUs with
+    bf16 support, GPUs) or ``'fp16'`` (GPUs). The backbone and NCNet stay
+    float32, so the proposals do not change (in bf16 their argmax decisions
+    do); outputs are float32. docs/performance.md gives the accuracy cost.
     """
 
     ksize = 2  # 4D max-pool size
@@ -120,10 +121,9 @@ class Patch2Pix(nn.Module):
 
     # ---------------------------------------------------------------- stages
     def extract_features(self, image: torch.Tensor) -> Features:
-        """``(1, 3, H, W)`` normalised image -> the five feature levels."""
-        with self.autocast():
-            feats = self.extract(image)
-        return [f.float() for f in feats]
+        """``(1, 3, H, W)`` normalised image -> the five feature levels
+        (channels-last memory: the regressors read them as row tables)."""
+        return [f.contiguous(memory_format=torch.channels_last) for f in self.extract(image)]
 
     def coarse(
         self, feats0: Features, feats1: Features, ncn_threshold: float = 0.0, mutual: bool = True
@@ -140,10 +140,8 @@ class Patch2Pix(nn.Module):
                     f"got features {tuple(f.shape[-2:])}"
                 )
         f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
-        with self.autocast():
-            corr, offsets = correlation_maxpool(f0, f1, self.ksize)
-            corr = self.ncn(mutual_matching(corr.float()))
-        corr = mutual_matching(corr.float())
+        corr, offsets = correlation_maxpool(f0, f1, self.ksize)
+        corr = mutual_matching(self.ncn(mutual_matching(corr)))
         raw, raw_scores = coarse_matches(corr, offsets, self.stride)
         raw_np, raw_scores_np = raw.cpu().numpy(), raw_scores.cpu().numpy()
         if mutual:
@@ -170,19 +168,23 @@ class Patch2Pix(nn.Module):
         """
         net = self.regress_mid if level == "mid" else self.regress_fine
         psize = self.regressor.psize[0 if level == "mid" else 1]
-        cl = torch.channels_last  # makes the per-level gather tables free views
-        levels0 = [feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
-        levels1 = [feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        cl = torch.channels_last  # makes the row tables free views
+        tables0 = patch_tables([feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx])
+        tables1 = patch_tables([feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx])
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
+        dim = sum(t.shape[1] for t, _ in tables0)
         raws = []
         for chunk in matches.split(self.regr_batch):
             centres = chunk.long()
-            p0 = gather_patches(levels0, strides, centres[:, :2], size0, psize)
-            p1 = gather_patches(levels1, strides, centres[:, 2:], size1, psize)
+            parts0, norm0 = gather_patches(tables0, strides, centres[:, :2], size0, psize)
+            parts1, norm1 = gather_patches(tables1, strides, centres[:, 2:], size1, psize)
+            x = torch.cat(parts0 + parts1, -1)  # (n, P, P, 2 * dim), L2-normalised per image
+            x[..., :dim].div_(norm0[..., None])
+            x[..., dim:].div_(norm1[..., None])
             with self.autocast():
-                raws.append(net(torch.cat([p0, p1], -1).permute(0, 3, 1, 2)).float())
+                raws.append(net(x.permute(0, 3, 1, 2)).float())
         raw = torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
         new, scores = parse_output(raw, matches, size0 + size1, psize)
         return {"matches": new, "scores": scores, "raw": raw}

@@ -5,7 +5,6 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .ncnet import l2_normalize
 
 
 class FeatRegressNet(nn.Module):
@@ -52,37 +51,48 @@ def patch_grid(psize: int, device=None) -> torch.Tensor:
     return torch.arange(psize, device=device) - psize // 2
 
 
+def patch_tables(feats: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per level ``(C_l, H_l, W_l)`` map: the row table ``(H_l * W_l, C_l)``
+    (a free view of a channels-last map) and its squared row norms."""
+    tables = []
+    for f in feats:
+        table = f.permute(1, 2, 0).reshape(-1, f.shape[0])
+        tables.append((table, (table * table).sum(1)))
+    return tables
+
+
 def gather_patches(
-    feats: Sequence[torch.Tensor],
+    tables: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     strides: Sequence[int],
     points: torch.Tensor,
     image_size: Tuple[int, int],
     psize: int = 16,
-) -> torch.Tensor:
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Nearest-neighbour patch features around integer points.
 
     Args:
-        feats: per level ``(C_l, H/s_l, W/s_l)`` maps of one image (a
-            channels-last layout makes the per-level row tables free views).
+        tables: ``patch_tables`` of one image's levels.
         strides: the level strides ``s_l``.
         points: ``(N, 2)`` int64 ``(x, y)`` patch centres in input pixels.
         image_size: ``(W, H)`` of the network input.
     Returns:
-        ``(N, P, P, sum C_l)`` (channels last), L2-normalised over channels at
-        each position.
+        per level ``(N, P, P, C_l)`` (channels last, not normalised) and the
+        ``(N, P, P)`` divisor ``sqrt(sum_l |f_l|^2 + 1e-6)`` that L2-normalises
+        their concatenation at each position.
     """
     w, h = image_size
     d = patch_grid(psize, points.device)
     xs = points[:, 0, None] + d  # (N, P)
     ys = points[:, 1, None] + d
-    out = []
-    for f, s in zip(feats, strides):
+    out, sq = [], 0.0
+    for (table, norm2), s in zip(tables, strides):
         wl = w // s
         xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, wl - 1)
         yi = torch.div(ys, s, rounding_mode="floor").clamp_(0, h // s - 1)
-        table = f.permute(1, 2, 0).reshape(-1, f.shape[0])  # (H_l * W_l, C_l)
-        out.append(table[yi[:, :, None] * wl + xi[:, None, :]])  # (N, P, P, C_l)
-    return l2_normalize(torch.cat(out, -1), dim=-1)
+        idx = yi[:, :, None] * wl + xi[:, None, :]  # (N, P, P)
+        out.append(table[idx])
+        sq = sq + norm2[idx]
+    return out, torch.sqrt(sq + 1e-6)
 
 
 def parse_output(
