@@ -96,7 +96,6 @@ def main(
     report = pose_eval.main(
         results, scene["ground_truth"], "aachen", outputs / "pose_errors.json"
     )
-    print(pose_eval.format_report(report))
     query, ref = parse_pairs(scene["pairs_query"])[0]
     plot_pair(scene["images"], features, matches, query, ref, outputs / "matches.png")
     logger.info(
