@@ -76,7 +76,9 @@ def timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], tuple]:
 def stages_once(model, x0, x1, timed) -> Dict[str, float]:
     """One pair through every stage, each timed on its own."""
     t: Dict[str, float] = {}
-    (f0, f1), t["backbone"] = timed(lambda: (model.extract_features(x0), model.extract_features(x1)))
+    (f0, f1), t["backbone"] = timed(
+        lambda: (model.extract_features(x0), model.extract_features(x1))
+    )
 
     def corr_pool():
         a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
@@ -133,7 +135,10 @@ def table(rows: List[dict]) -> str:
     lines = [" ".join(f"{h:>9}" for h in head)]
     for r in rows:
         vals = [r["size"], r["precision"], r["proposals"]]
-        vals += [f"{r[s]:.2f}" for s in STAGES] + [f"{r.get(mem, 0):.0f}", f"{r['load']:.1f}"]
+        vals += [f"{r[s]:.2f}" for s in STAGES] + [
+            f"{r.get(mem, 0):.0f}",
+            f"{r['load']:.1f}",
+        ]
         lines.append(" ".join(f"{v:>9}" for v in vals))
     return "\n".join(lines)
 
@@ -150,7 +155,9 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         size, precision = int(args.worker[0]), args.worker[1]
-        print(json.dumps(worker(size, precision, args.device, args.repeats, args.folder)))
+        print(
+            json.dumps(worker(size, precision, args.device, args.repeats, args.folder))
+        )
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,13 +165,17 @@ def main() -> None:
             for precision in args.precisions:
                 cmd = [sys.executable, __file__, "--worker", str(size), precision]
                 cmd += ["--device", args.device, "--repeats", str(args.repeats)]
-                res = subprocess.run(cmd + ["--folder", tmp], capture_output=True, text=True)
+                res = subprocess.run(
+                    cmd + ["--folder", tmp], capture_output=True, text=True
+                )
                 if res.returncode:
                     print(res.stderr, file=sys.stderr)
                     continue
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(f"done {size} {precision}", file=sys.stderr)
-    print(f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians)")
+    print(
+        f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians)"
+    )
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

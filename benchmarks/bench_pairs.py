@@ -43,8 +43,14 @@ def make_dataset(folder: Path, queries: int, db: int, size: int) -> Path:
     from PIL import Image
 
     rng = random.Random(0)
-    bases = [Image.open(GOLDEN / f"pair{p}_{i}.png").convert("RGB") for p in "AB" for i in (1, 2)]
-    names = [f"q{i:02d}.png" for i in range(queries)] + [f"db{i:02d}.png" for i in range(db)]
+    bases = [
+        Image.open(GOLDEN / f"pair{p}_{i}.png").convert("RGB")
+        for p in "AB"
+        for i in (1, 2)
+    ]
+    names = [f"q{i:02d}.png" for i in range(queries)] + [
+        f"db{i:02d}.png" for i in range(db)
+    ]
     for name in names:
         im = rng.choice(bases).resize((size, size * 3 // 4), Image.BICUBIC)
         angle, scale = rng.uniform(-10, 10), rng.uniform(0.9, 1.1)
@@ -65,7 +71,12 @@ def run_runner(folder: Path, pairs: Path) -> dict:
 
     t = time.perf_counter()
     match_pairs.main(
-        confs["patch2pix"], pairs, folder, folder / "out", weights=WEIGHTS, overwrite=True
+        confs["patch2pix"],
+        pairs,
+        folder,
+        folder / "out",
+        weights=WEIGHTS,
+        overwrite=True,
     )
     return {"seconds": time.perf_counter() - t}
 
@@ -115,7 +126,9 @@ def main() -> None:
             out = run_loop(Path(folder), pairs, precision, args.size)
         n = len(pairs.read_text().splitlines())
         out.update(mode=mode, precision=precision, pairs=n, per_pair=out["seconds"] / n)
-        out.update(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, load=load)
+        out.update(
+            rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, load=load
+        )
         print(json.dumps(out))
         return
     rows: List[dict] = []
@@ -125,15 +138,21 @@ def main() -> None:
         jobs += [("loop", prec) for prec in args.precisions if "loop" in args.modes]
         for mode, precision in jobs:
             cmd = [sys.executable, __file__, "--worker", mode, precision, tmp]
-            res = subprocess.run(cmd + ["--size", str(args.size)], capture_output=True, text=True)
+            res = subprocess.run(
+                cmd + ["--size", str(args.size)], capture_output=True, text=True
+            )
             if res.returncode:
                 print(res.stderr[-3000:], file=sys.stderr)
                 continue
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"done {mode} {precision}", file=sys.stderr)
-    print(f"{args.queries} queries x {args.db} db images at {args.size} px, cpu threads "
-          f"{torch.get_num_threads()}")
-    print(f"{'mode':>8} {'prec':>6} {'pairs':>6} {'s/pair':>8} {'total':>8} {'rss_mb':>7} {'load':>5}")
+    print(
+        f"{args.queries} queries x {args.db} db images at {args.size} px, cpu threads "
+        f"{torch.get_num_threads()}"
+    )
+    print(
+        f"{'mode':>8} {'prec':>6} {'pairs':>6} {'s/pair':>8} {'total':>8} {'rss_mb':>7} {'load':>5}"
+    )
     for r in rows:
         print(
             f"{r['mode']:>8} {r['precision']:>6} {r['pairs']:>6} {r['per_pair']:>8.2f} "

@@ -28,7 +28,9 @@ GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
 
 def run(model, pair: str, device: str, precision: str) -> dict:
     model.precision = precision
-    (x0, s0, _), (x1, s1, _) = [load_image(GOLDEN / f"pair{pair}_{i}.png", 1024) for i in (1, 2)]
+    (x0, s0, _), (x1, s1, _) = [
+        load_image(GOLDEN / f"pair{pair}_{i}.png", 1024) for i in (1, 2)
+    ]
     with torch.no_grad():
         pred = model.forward_pair(x0[None].to(device), x1[None].to(device))
     scale = np.concatenate([s0, s1])
@@ -53,7 +55,11 @@ def main() -> None:
         keys = {tuple(r): i for i, r in enumerate(ref["coarse"])}
         for prec in args.precisions:
             low = run(model, pair, args.device, prec)
-            idx = [(keys[tuple(r)], j) for j, r in enumerate(low["coarse"]) if tuple(r) in keys]
+            idx = [
+                (keys[tuple(r)], j)
+                for j, r in enumerate(low["coarse"])
+                if tuple(r) in keys
+            ]
             i, j = np.array(idx).T
             dxy = np.abs(ref["fine"][i] - low["fine"][j]).max(1)
             dsc = np.abs(ref["scores"][i] - low["scores"][j])

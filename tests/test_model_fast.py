@@ -16,7 +16,9 @@ from p2p_hloc.model.ncnet import (
 from p2p_hloc.model.regressor import gather_patches, patch_tables
 
 
-def conv4d_ref(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def conv4d_ref(
+    x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """Direct 4D cross-correlation, padding 1: x (C, H1, W1, H2, W2), kernel
     (O, C, 3, 3, 3, 3) -> (O, H1, W1, H2, W2)."""
     _, h1, w1, h2, w2 = x.shape
@@ -27,7 +29,9 @@ def conv4d_ref(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> tor
             for e in range(3):
                 for f in range(3):
                     win = xp[:, a : a + h1, b : b + w1, e : e + h2, f : f + w2]
-                    out += torch.einsum("oc,cijkl->oijkl", kernel[:, :, a, b, e, f], win)
+                    out += torch.einsum(
+                        "oc,cijkl->oijkl", kernel[:, :, a, b, e, f], win
+                    )
     return out
 
 
@@ -87,7 +91,9 @@ def test_gather_patches_matches_naive():
                     yi = min(max((y + dy) // s, 0), h // s - 1)
                     v.append(f[:, yi, xi])
                 v = torch.cat(v)
-                torch.testing.assert_close(out[n, i, j], v / torch.sqrt((v * v).sum() + 1e-6))
+                torch.testing.assert_close(
+                    out[n, i, j], v / torch.sqrt((v * v).sum() + 1e-6)
+                )
 
 
 def test_precision_modes():

@@ -35,9 +35,13 @@ def _pool_argmax(corr: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor
     each ``k^4`` block of ``(h1, w1, h2, w2)`` -> ``(h1/k, w1/k, h2/k, w2/k)``."""
     h1, w1, h2, w2 = corr.shape
     if h1 % k or w1 % k or h2 % k or w2 % k:
-        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {tuple(corr.shape)}")
+        raise ValueError(
+            f"4D max-pool needs sizes divisible by {k}, got {tuple(corr.shape)}"
+        )
     v = corr.reshape(h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
-    v = v.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(h1 // k, w1 // k, h2 // k, w2 // k, k**4)
+    v = v.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(
+        h1 // k, w1 // k, h2 // k, w2 // k, k**4
+    )
     pooled, idx = v.max(dim=-1)
     return pooled, idx.to(torch.uint8)
 
@@ -73,8 +77,13 @@ def correlation_maxpool(
     _, c, h1, w1 = feat0.shape
     h2, w2 = feat1.shape[-2:]
     if h1 % k or w1 % k or h2 % k or w2 % k:
-        raise ValueError(f"4D max-pool needs sizes divisible by {k}, got {h1, w1, h2, w2}")
-    q1, q2 = h2 // k * (w2 // k), k * k  # pooled image-2 cells, candidates per axis pair
+        raise ValueError(
+            f"4D max-pool needs sizes divisible by {k}, got {h1, w1, h2, w2}"
+        )
+    q1, q2 = (
+        h2 // k * (w2 // k),
+        k * k,
+    )  # pooled image-2 cells, candidates per axis pair
     # Image-2 cells ordered (pooled cell, dk, dl) and image-1 rows (pooled column,
     # di, dj): the k^4 candidates of a block are then two contiguous groups.
     b = feat1[0].reshape(c, h2 // k, k, w2 // k, k).permute(0, 1, 3, 2, 4)
@@ -107,8 +116,12 @@ def correlation_maxpool(
 def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Soft mutual nearest-neighbour filtering of ``(B, 1, H1, W1, H2, W2)``."""
     b, _, h1, w1, h2, w2 = corr.shape
-    max_b = corr.view(b, h1 * w1, h2, w2).amax(dim=1, keepdim=True).view(b, 1, 1, 1, h2, w2)
-    max_a = corr.view(b, h1, w1, h2 * w2).amax(dim=3, keepdim=True).view(b, 1, h1, w1, 1, 1)
+    max_b = (
+        corr.view(b, h1 * w1, h2, w2).amax(dim=1, keepdim=True).view(b, 1, 1, 1, h2, w2)
+    )
+    max_a = (
+        corr.view(b, h1, w1, h2 * w2).amax(dim=3, keepdim=True).view(b, 1, h1, w1, 1, 1)
+    )
     return corr * (torch.div(corr, max_a + eps).mul_(corr / (max_b + eps)))
 
 
@@ -154,7 +167,9 @@ class NeighConsensus(nn.Module):
     def __init__(self, kernel_sizes=(3, 3), channels=(16, 1)):
         super().__init__()
         if tuple(kernel_sizes) != (3, 3) or len(channels) != 2 or channels[1] != 1:
-            raise ValueError("only the official NCNet layout (k=3, 1->C->1) is supported")
+            raise ValueError(
+                "only the official NCNet layout (k=3, 1->C->1) is supported"
+            )
         self.conv = nn.Sequential(
             Conv4d(1, channels[0], 3), nn.ReLU(), Conv4d(channels[0], 1, 3), nn.ReLU()
         )
@@ -163,7 +178,9 @@ class NeighConsensus(nn.Module):
         """``(1, 1, H1, W1, H2, W2)`` -> same shape."""
         l1, l2 = self.conv[0], self.conv[2]
         c = l1.weight.shape[1]
-        w_1 = _with_swapped(l1.kernel).reshape(2 * c, 9, 3, 3)  # in: (a, b); kernel: (e, f)
+        w_1 = _with_swapped(l1.kernel).reshape(
+            2 * c, 9, 3, 3
+        )  # in: (a, b); kernel: (e, f)
         b_1 = torch.cat([l1.bias, l1.bias])
         k2 = _with_swapped(l2.kernel)  # (2, c, a, b, e, f)
         w_2 = k2.permute(0, 2, 3, 1, 4, 5).reshape(18, c, 3, 3)  # out: (dir, a, b)
@@ -225,7 +242,9 @@ def mutual_filter(
 
     Args: matches ``(R, 4)`` int, scores ``(R,)``. Returns ``(N, 4)``, ``(N,)``.
     """
-    uniq, first, counts = np.unique(matches, axis=0, return_index=True, return_counts=True)
+    uniq, first, counts = np.unique(
+        matches, axis=0, return_index=True, return_counts=True
+    )
     if (counts > 1).any():
         matches, scores = uniq[counts > 1], scores[first[counts > 1]]
     keep = scores > threshold

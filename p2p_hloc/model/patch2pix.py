@@ -59,7 +59,9 @@ class Patch2Pix(nn.Module):
     regr_batch = 128  # proposals per regressor call (cache-sized)
 
     def __init__(
-        self, regressor: Optional[RegressorConfig] = RegressorConfig(), precision: str = "fp32"
+        self,
+        regressor: Optional[RegressorConfig] = RegressorConfig(),
+        precision: str = "fp32",
     ):
         super().__init__()
         self.precision = precision
@@ -101,7 +103,9 @@ class Patch2Pix(nn.Module):
     @precision.setter
     def precision(self, value: str) -> None:
         if value not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {value!r}")
+            raise ValueError(
+                f"precision must be one of {sorted(PRECISIONS)}, got {value!r}"
+            )
         self._precision = value
 
     def autocast(self) -> ContextManager:
@@ -123,10 +127,16 @@ class Patch2Pix(nn.Module):
     def extract_features(self, image: torch.Tensor) -> Features:
         """``(1, 3, H, W)`` normalised image -> the five feature levels
         (channels-last memory: the regressors read them as row tables)."""
-        return [f.contiguous(memory_format=torch.channels_last) for f in self.extract(image)]
+        return [
+            f.contiguous(memory_format=torch.channels_last) for f in self.extract(image)
+        ]
 
     def coarse(
-        self, feats0: Features, feats1: Features, ncn_threshold: float = 0.0, mutual: bool = True
+        self,
+        feats0: Features,
+        feats1: Features,
+        ncn_threshold: float = 0.0,
+        mutual: bool = True,
     ) -> Dict[str, torch.Tensor]:
         """NCNet proposals from the layer3 maps of both images (batch 1).
 
@@ -169,8 +179,12 @@ class Patch2Pix(nn.Module):
         net = self.regress_mid if level == "mid" else self.regress_fine
         psize = self.regressor.psize[0 if level == "mid" else 1]
         cl = torch.channels_last  # makes the row tables free views
-        tables0 = patch_tables([feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx])
-        tables1 = patch_tables([feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx])
+        tables0 = patch_tables(
+            [feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        )
+        tables1 = patch_tables(
+            [feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        )
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
@@ -178,14 +192,22 @@ class Patch2Pix(nn.Module):
         raws = []
         for chunk in matches.split(self.regr_batch):
             centres = chunk.long()
-            parts0, norm0 = gather_patches(tables0, strides, centres[:, :2], size0, psize)
-            parts1, norm1 = gather_patches(tables1, strides, centres[:, 2:], size1, psize)
-            x = torch.cat(parts0 + parts1, -1)  # (n, P, P, 2 * dim), L2-normalised per image
+            parts0, norm0 = gather_patches(
+                tables0, strides, centres[:, :2], size0, psize
+            )
+            parts1, norm1 = gather_patches(
+                tables1, strides, centres[:, 2:], size1, psize
+            )
+            x = torch.cat(
+                parts0 + parts1, -1
+            )  # (n, P, P, 2 * dim), L2-normalised per image
             x[..., :dim].div_(norm0[..., None])
             x[..., dim:].div_(norm1[..., None])
             with self.autocast():
                 raws.append(net(x.permute(0, 3, 1, 2)).float())
-        raw = torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
+        raw = (
+            torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
+        )
         new, scores = parse_output(raw, matches, size0 + size1, psize)
         return {"matches": new, "scores": scores, "raw": raw}
 
@@ -194,7 +216,9 @@ class Patch2Pix(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """Mid then fine regression of ``(N, 4)`` proposals (input pixels)."""
         if self.coarse_only:
-            raise RuntimeError("this is a coarse-only (NCNet) model: it has no regressors")
+            raise RuntimeError(
+                "this is a coarse-only (NCNet) model: it has no regressors"
+            )
         mid = self.regress("mid", feats0, feats1, proposals)
         fine = self.regress("fine", feats0, feats1, mid["matches"])
         return {
@@ -225,7 +249,9 @@ class Patch2Pix(nn.Module):
         """
         feats0 = self.extract_features(image0)
         feats1 = self.extract_features(image1)
-        return self.forward_features(feats0, feats1, proposals, coarse_only, ncn_threshold)
+        return self.forward_features(
+            feats0, feats1, proposals, coarse_only, ncn_threshold
+        )
 
     def forward_features(
         self,
@@ -286,11 +312,17 @@ class Patch2Pix(nn.Module):
             (and the stages when asked, filtered like the final matches).
         """
         pred = self.forward_pair(image0, image1, proposals, coarse_only)
-        return select_matches(pred, scale0, scale1, threshold, keep_all_if_none, return_stages)
+        return select_matches(
+            pred, scale0, scale1, threshold, keep_all_if_none, return_stages
+        )
 
     @torch.no_grad()
     def refine(
-        self, image0: torch.Tensor, image1: torch.Tensor, proposals: torch.Tensor, **kwargs
+        self,
+        image0: torch.Tensor,
+        image1: torch.Tensor,
+        proposals: torch.Tensor,
+        **kwargs,
     ) -> Dict[str, torch.Tensor]:
         """``match`` with given ``(N, 4)`` proposals in input pixels."""
         return self.match(image0, image1, proposals=proposals, **kwargs)

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 
-
 class FeatRegressNet(nn.Module):
     """Regressor of a patch pair: ``(N, 2*D, P, P)`` -> ``(N, 5)`` raw outputs
     (4 offset logits ``x1, y1, x2, y2`` and a confidence logit).
@@ -51,7 +50,9 @@ def patch_grid(psize: int, device=None) -> torch.Tensor:
     return torch.arange(psize, device=device) - psize // 2
 
 
-def patch_tables(feats: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def patch_tables(
+    feats: Sequence[torch.Tensor],
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Per level ``(C_l, H_l, W_l)`` map: the row table ``(H_l * W_l, C_l)``
     (a free view of a channels-last map) and its squared row norms."""
     tables = []
@@ -96,7 +97,10 @@ def gather_patches(
 
 
 def parse_output(
-    raw: torch.Tensor, matches: torch.Tensor, sizes: Tuple[int, int, int, int], psize: int = 16
+    raw: torch.Tensor,
+    matches: torch.Tensor,
+    sizes: Tuple[int, int, int, int],
+    psize: int = 16,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Raw regressor outputs to refined matches and confidences.
 
