@@ -31,7 +31,11 @@ def _safe_load(path: Path) -> object:
         import numpy as np
 
         allowed += [np.dtype, type(np.dtype("float64")), np.ndarray]
-        allowed.append(np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar)
+        allowed.append(
+            np._core.multiarray.scalar
+            if hasattr(np, "_core")
+            else np.core.multiarray.scalar
+        )
     except Exception:  # pragma: no cover - numpy layout differs
         pass
     if hasattr(torch.serialization, "safe_globals"):
@@ -72,7 +76,9 @@ def regressor_config(ckpt: Dict) -> Optional[RegressorConfig]:
         return None
     cfg = vars(cfg) if isinstance(cfg, argparse.Namespace) else dict(cfg)
     if cfg.get("feat_comb", "pre") != "pre":
-        raise CheckpointError(f"feat_comb={cfg['feat_comb']!r} is not supported (only 'pre')")
+        raise CheckpointError(
+            f"feat_comb={cfg['feat_comb']!r} is not supported (only 'pre')"
+        )
     kers = list(cfg.get("conv_kers", [3, 3]))
     return RegressorConfig(
         conv_dims=list(cfg.get("conv_dims", [512, 512])),
@@ -86,7 +92,9 @@ def regressor_config(ckpt: Dict) -> Optional[RegressorConfig]:
     )
 
 
-def load_state(model: Patch2Pix, state: Dict[str, torch.Tensor], source: str = "") -> None:
+def load_state(
+    model: Patch2Pix, state: Dict[str, torch.Tensor], source: str = ""
+) -> None:
     """Load a state dict strictly (apart from ``layer4``), naming any key that
     is missing, unexpected or of the wrong shape."""
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
@@ -110,12 +118,16 @@ def load_state(model: Patch2Pix, state: Dict[str, torch.Tensor], source: str = "
     if wrong:
         problems.append(f"mis-shaped keys: {'; '.join(wrong)}")
     if problems:
-        raise CheckpointError(f"checkpoint {source} does not fit Patch2Pix: " + " | ".join(problems))
+        raise CheckpointError(
+            f"checkpoint {source} does not fit Patch2Pix: " + " | ".join(problems)
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def load_model(
-    path: Union[str, Path], device: Optional[Union[str, torch.device]] = None, coarse_only=False
+    path: Union[str, Path],
+    device: Optional[Union[str, torch.device]] = None,
+    coarse_only=False,
 ) -> Patch2Pix:
     """Patch2Pix (or NCNet) from a checkpoint file, in eval mode on ``device``
     (default: CUDA when available)."""
@@ -136,7 +148,11 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` in the official layout (atomically)."""
     cfg = model.regressor
-    ckpt = {"backbone": "ResNet34", "change_stride": True, "state_dict": model.state_dict()}
+    ckpt = {
+        "backbone": "ResNet34",
+        "change_stride": True,
+        "state_dict": model.state_dict(),
+    }
     if cfg is not None:
         ckpt["feat_idx"] = list(cfg.feat_idx)
         ckpt["regressor_config"] = argparse.Namespace(

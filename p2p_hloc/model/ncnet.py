@@ -178,9 +178,8 @@ class NeighConsensus(nn.Module):
         """``(1, 1, H1, W1, H2, W2)`` -> same shape."""
         l1, l2 = self.conv[0], self.conv[2]
         c = l1.weight.shape[1]
-        w_1 = _with_swapped(l1.kernel).reshape(
-            2 * c, 9, 3, 3
-        )  # in: (a, b); kernel: (e, f)
+        # layer 1: input channels (a, b), kernel (e, f)
+        w_1 = _with_swapped(l1.kernel).reshape(2 * c, 9, 3, 3)
         b_1 = torch.cat([l1.bias, l1.bias])
         k2 = _with_swapped(l2.kernel)  # (2, c, a, b, e, f)
         w_2 = k2.permute(0, 2, 3, 1, 4, 5).reshape(18, c, 3, 3)  # out: (dir, a, b)

@@ -198,9 +198,8 @@ class Patch2Pix(nn.Module):
             parts1, norm1 = gather_patches(
                 tables1, strides, centres[:, 2:], size1, psize
             )
-            x = torch.cat(
-                parts0 + parts1, -1
-            )  # (n, P, P, 2 * dim), L2-normalised per image
+            # (n, P, P, 2 * dim), then L2-normalised per image
+            x = torch.cat(parts0 + parts1, -1)
             x[..., :dim].div_(norm0[..., None])
             x[..., dim:].div_(norm1[..., None])
             with self.autocast():
