@@ -88,3 +88,17 @@ def test_lightglue(images):
 def test_unknown_source():
     with pytest.raises(ModuleNotFoundError):
         build_matcher(with_model("sift", name="nope"))
+
+
+def test_patch2pix_precision(images, golden_weights):
+    """``precision`` in the model (and refine) conf sets the model's; bf16
+    autocast runs on any CPU (emulated without native support)."""
+    assert build_matcher(confs["patch2pix"], golden_weights).model.precision == "fp32"
+    matcher = build_matcher(
+        with_model("patch2pix", threshold=0.0, precision="bf16"), golden_weights, "cpu"
+    )
+    assert matcher.model.precision == "bf16"
+    out = matcher.match(matcher.prepare(images[0]), matcher.prepare(images[1]))
+    assert out["scores"].dtype == np.float64 and len(out["scores"]) > 0
+    conf = {**confs["sift"], "refine": {"precision": "bf16"}}
+    assert build_matcher(conf, golden_weights, "cpu").model.precision == "bf16"

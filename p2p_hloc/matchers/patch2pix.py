@@ -38,6 +38,7 @@ class Matcher(BaseMatcher):
         "weights": "patch2pix_pretrained.pth",
         "threshold": 0.25,
         "coarse_only": False,
+        "precision": "fp32",
     }
 
     def __init__(self, conf: dict, preprocessing: dict, weights=None, device=None):
@@ -50,6 +51,7 @@ class Matcher(BaseMatcher):
         self.model = load_network(
             self.conf["weights"], weights, device, coarse_only=self.conf["coarse_only"]
         )
+        self.model.precision = self.conf["precision"]
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing

@@ -21,12 +21,14 @@ class Refined(BaseMatcher):
         "weights": "patch2pix_pretrained.pth",
         "resize_max": 1024,
         "threshold": 0.25,
+        "precision": "fp32",
     }
 
     def __init__(self, proposer: BaseMatcher, conf: dict, weights=None, device=None):
         self.proposer = proposer
         self.conf = {**self.default_conf, **conf}
         self.model = load_network(self.conf["weights"], weights, device)
+        self.model.precision = self.conf["precision"]
 
     def load(self, path: Path) -> Dict[str, Any]:
         image, scale, size = load_image(path, self.conf["resize_max"], multiple=1)
