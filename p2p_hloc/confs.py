@@ -105,35 +105,11 @@ confs = {
         "quantization": _QUANT,
         **_HLOC_QUANT,
     },
-    "sift_patch2pix": {
-        "output": "matches-sift-n4096-patch2pix-r1024-t0.25",
-        "model": {"name": "sift", "max_keypoints": 4096, "ratio": 0.8},
-        "preprocessing": _prep(1600, 1),
-        "refine": {
-            "weights": "patch2pix_pretrained.pth",
-            "resize_max": 1024,
-            "threshold": 0.25,
-        },
-        "quantization": _QUANT,
-        **_HLOC_QUANT,
-    },
     "lightglue_aliked": {
         "output": "matches-aliked-lightglue-r1024-n2048",
         "model": {"name": "lightglue", "features": "aliked", "max_keypoints": 2048},
         "preprocessing": _prep(1024, 1),
         "refine": None,
-        "quantization": _QUANT,
-        **_HLOC_QUANT,
-    },
-    "lightglue_aliked_patch2pix": {
-        "output": "matches-aliked-lightglue-n2048-patch2pix-r1024-t0.25",
-        "model": {"name": "lightglue", "features": "aliked", "max_keypoints": 2048},
-        "preprocessing": _prep(1024, 1),
-        "refine": {
-            "weights": "patch2pix_pretrained.pth",
-            "resize_max": 1024,
-            "threshold": 0.25,
-        },
         "quantization": _QUANT,
         **_HLOC_QUANT,
     },
@@ -145,16 +121,13 @@ confs = {
         "quantization": _QUANT,
         **_HLOC_QUANT,
     },
-    "lightglue_disk_patch2pix": {
-        "output": "matches-disk-lightglue-n2048-patch2pix-r1024-t0.25",
-        "model": {"name": "lightglue", "features": "disk", "max_keypoints": 2048},
-        "preprocessing": _prep(1024, 1),
-        "refine": {
-            "weights": "patch2pix_pretrained.pth",
-            "resize_max": 1024,
-            "threshold": 0.25,
-        },
-        "quantization": _QUANT,
-        **_HLOC_QUANT,
-    },
 }
+
+# the same proposals refined by Patch2Pix: ``<name>_patch2pix``
+_REFINE = {"weights": "patch2pix_pretrained.pth", "resize_max": 1024, "threshold": 0.25}
+for _name in ("sift", "lightglue_aliked", "lightglue_disk"):
+    confs[f"{_name}_patch2pix"] = {
+        **confs[_name],
+        "output": confs[_name]["output"] + "-patch2pix-r1024-t0.25",
+        "refine": _REFINE,
+    }

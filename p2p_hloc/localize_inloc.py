@@ -19,7 +19,6 @@ if no cutout was usable, no line; the run never stops on one query.
 
 import argparse
 import logging
-import pickle
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -32,8 +31,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .io import H5Error, from_hloc_coords, get_keypoints, get_matches
-from .io import parse_retrieval, write_poses
-from .localize_sfm import estimate_pose, pose_tuple
+from .io import parse_retrieval
+from .localize_sfm import estimate_pose, pose_tuple, write_results
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -284,30 +283,14 @@ def main(
         )
         logs[query] = log
 
-    n = len(retrieval_dict)
-    logger.info("Localized %d / %d queries.", n - len(failed) - len(fallback), n)
-    if fallback:
-        logger.warning(
-            "%d queries got the fallback pose, e.g. %s.", len(fallback), fallback[0]
-        )
-    if failed:
-        logger.error(
-            "%d queries have no pose in the results, e.g. %s.", len(failed), failed[0]
-        )
-    write_poses(results, poses)
-    with open(f"{results}_logs.pkl", "wb") as f:
-        pickle.dump(
-            dict(
-                loc=logs,
-                failed=failed,
-                fallback=fallback,
-                skip_matches=skip_matches,
-                ransac_thresh=ransac_thresh,
-                focal_length=focal_length,
-            ),
-            f,
-        )
-    return results
+    settings = dict(
+        skip_matches=skip_matches,
+        ransac_thresh=ransac_thresh,
+        focal_length=focal_length,
+    )
+    return write_results(
+        results, poses, logs, len(retrieval_dict), failed, fallback, settings
+    )
 
 
 if __name__ == "__main__":

@@ -269,8 +269,27 @@ def main(
         )
         logs[name] = log
 
-    n = len(query_list)
-    logger.info("Localized %d / %d queries.", n - len(failed) - len(fallback), n)
+    settings = dict(
+        ransac_thresh=ransac_thresh, covisibility_clustering=covisibility_clustering
+    )
+    return write_results(
+        results, poses, logs, len(query_list), failed, fallback, settings
+    )
+
+
+def write_results(
+    results: Path,
+    poses: Dict[str, Tuple[np.ndarray, np.ndarray]],
+    logs: Dict[str, Any],
+    num_queries: int,
+    failed: List[str],
+    fallback: List[str],
+    settings: Dict[str, Any],
+) -> Path:
+    """Summarize a localization run, write the results file and its
+    ``<results>_logs.pkl`` (per-query logs, failures, settings)."""
+    n_ok = num_queries - len(failed) - len(fallback)
+    logger.info("Localized %d / %d queries.", n_ok, num_queries)
     if fallback:
         logger.warning(
             "%d queries got the fallback pose (PnP failed), e.g. %s.",
@@ -283,16 +302,7 @@ def main(
         )
     write_poses(results, poses)
     with open(f"{results}_logs.pkl", "wb") as f:
-        pickle.dump(
-            dict(
-                loc=logs,
-                failed=failed,
-                fallback=fallback,
-                ransac_thresh=ransac_thresh,
-                covisibility_clustering=covisibility_clustering,
-            ),
-            f,
-        )
+        pickle.dump(dict(loc=logs, failed=failed, fallback=fallback, **settings), f)
     logger.info("Wrote %d poses to %s.", len(poses), results)
     return results
 
