@@ -8,7 +8,9 @@ logger = logging.getLogger("p2p_hloc")
 if not logger.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(
-        logging.Formatter("[%(asctime)s p2p_hloc %(levelname)s] %(message)s", "%Y/%m/%d %H:%M:%S")
+        logging.Formatter(
+            "[%(asctime)s p2p_hloc %(levelname)s] %(message)s", "%Y/%m/%d %H:%M:%S"
+        )
     )
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)

@@ -16,7 +16,10 @@ def cmd_match(args: argparse.Namespace) -> int:
     from .preprocess import load_image, read_image
     from .weights import get_weights
 
-    weights = get_weights("ncn_ivd_5ep.pth" if args.coarse_only and args.weights is None else DEFAULT, args.weights)
+    weights = get_weights(
+        "ncn_ivd_5ep.pth" if args.coarse_only and args.weights is None else DEFAULT,
+        args.weights,
+    )
     model = load_model(weights, args.device, coarse_only=args.coarse_only)
     x0, s0, _ = load_image(args.image0, args.imsize)
     x1, s1, _ = load_image(args.image1, args.imsize)
@@ -39,8 +42,12 @@ def cmd_match(args: argparse.Namespace) -> int:
     if args.plot:
         from .viz import plot_matches
 
-        im0, im1 = np.asarray(read_image(args.image0)), np.asarray(read_image(args.image1))
-        plot_matches(im0, im1, out["keypoints0"], out["keypoints1"], out["scores"], args.plot)
+        im0, im1 = np.asarray(read_image(args.image0)), np.asarray(
+            read_image(args.image1)
+        )
+        plot_matches(
+            im0, im1, out["keypoints0"], out["keypoints1"], out["scores"], args.plot
+        )
         logger.info("Plot saved to %s", args.plot)
     return 0
 
@@ -66,7 +73,9 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("match", help="match two images, write an npz")
     m.add_argument("image0", type=Path)
     m.add_argument("image1", type=Path)
-    m.add_argument("--weights", type=Path, help="checkpoint (default: the cached official file)")
+    m.add_argument(
+        "--weights", type=Path, help="checkpoint (default: the cached official file)"
+    )
     m.add_argument("--imsize", type=int, default=1024, help="larger side; <= 0: native")
     m.add_argument("--threshold", type=float, default=0.25, help="keep score > T")
     m.add_argument("--coarse-only", action="store_true", help="NCNet proposals only")
@@ -75,7 +84,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the official rule: when no match passes the threshold, return all",
     )
-    m.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    m.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda if available)"
+    )
     m.add_argument("--out", type=Path, required=True, help="output .npz")
     m.add_argument("--plot", type=Path, help="save a match plot (png)")
     m.set_defaults(func=cmd_match)

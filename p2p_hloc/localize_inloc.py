@@ -26,12 +26,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pycolmap
 import scipy.io
-from scipy.io.matlab import MatReadError
 from PIL import Image
+from scipy.io.matlab import MatReadError
 from tqdm import tqdm
 
-from .io import H5Error, from_hloc_coords, get_keypoints, get_matches
-from .io import parse_retrieval
+from .io import H5Error, from_hloc_coords, get_keypoints, get_matches, parse_retrieval
 from .localize_sfm import estimate_pose, pose_tuple, write_results
 
 logger = logging.getLogger("p2p_hloc")

@@ -24,8 +24,15 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from .io import H5Error, from_hloc_coords, get_keypoints, get_matches
-from .io import parse_queries, parse_retrieval, write_poses
+from .io import (
+    H5Error,
+    from_hloc_coords,
+    get_keypoints,
+    get_matches,
+    parse_queries,
+    parse_retrieval,
+    write_poses,
+)
 
 logger = logging.getLogger("p2p_hloc")
 

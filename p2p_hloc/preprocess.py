@@ -66,7 +66,10 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def preprocess(
-    image: Image.Image, imsize: Optional[int] = None, multiple: int = 16, name: str = "image"
+    image: Image.Image,
+    imsize: Optional[int] = None,
+    multiple: int = 16,
+    name: str = "image",
 ) -> Tuple[torch.Tensor, np.ndarray]:
     """Resize and normalise an RGB image.
 

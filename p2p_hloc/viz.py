@@ -41,7 +41,9 @@ def plot_matches(
     fig.canvas.draw()
     t0, t1 = axes[0].transData, axes[1].transData
     inv = fig.transFigure.inverted()
-    for a, b, c in zip(inv.transform(t0.transform(p0)), inv.transform(t1.transform(p1)), colors):
+    for a, b, c in zip(
+        inv.transform(t0.transform(p0)), inv.transform(t1.transform(p1)), colors
+    ):
         fig.add_artist(plt.Line2D((a[0], b[0]), (a[1], b[1]), color=c, linewidth=0.6))
     axes[0].scatter(p0[:, 0], p0[:, 1], c=colors, s=2)
     axes[1].scatter(p1[:, 0], p1[:, 1], c=colors, s=2)

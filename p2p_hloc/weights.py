@@ -32,7 +32,10 @@ _DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=
 OFFICIAL = {
     "patch2pix_pretrained.pth": WeightsFile(
         "patch2pix_pretrained.pth",
-        (_DRIVE + "1ZbJIE0LcZ3Oti-h8zU72JRL7LryVxJOh", _TUM + "patch2pix_pretrained.pth"),
+        (
+            _DRIVE + "1ZbJIE0LcZ3Oti-h8zU72JRL7LryVxJOh",
+            _TUM + "patch2pix_pretrained.pth",
+        ),
         "Patch2Pix, trained on MegaDepth (the paper's model)",
     ),
     "ncn_ivd_5ep.pth": WeightsFile(
@@ -99,7 +102,9 @@ def verify(path: Path, sha256: Optional[str] = None) -> str:
 
     digest = sha256sum(path)
     if sha256 is not None and digest != sha256.lower():
-        raise ValueError(f"{path}: SHA-256 {digest} does not match the expected {sha256}")
+        raise ValueError(
+            f"{path}: SHA-256 {digest} does not match the expected {sha256}"
+        )
     load_model(path, "cpu")
     return digest
 
@@ -118,7 +123,9 @@ def _fetch(url: str, dest: Path) -> None:
                 bar.update(len(chunk))
 
 
-def download(name: str = DEFAULT, sha256: Optional[str] = None, force: bool = False) -> Path:
+def download(
+    name: str = DEFAULT, sha256: Optional[str] = None, force: bool = False
+) -> Path:
     """Download an official checkpoint into ``cache_dir()`` (tries each
     official URL in turn), verify it, and move it in place atomically."""
     info = _info(name)
@@ -142,5 +149,7 @@ def download(name: str = DEFAULT, sha256: Optional[str] = None, force: bool = Fa
             errors.append(f"{url}: {e}")
             part.unlink(missing_ok=True)
     raise WeightsNotFoundError(
-        f"could not download {name}:\n  " + "\n  ".join(errors) + f"\nPlace the file at {target} by hand."
+        f"could not download {name}:\n  "
+        + "\n  ".join(errors)
+        + f"\nPlace the file at {target} by hand."
     )

@@ -9,7 +9,6 @@ is Patch2Pix (its NCNet proposals), which needs the official weights.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional

@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -33,3 +34,11 @@ def golden_model(golden_weights):
     from p2p_hloc import load_model
 
     return load_model(golden_weights, "cpu")
+
+
+@pytest.fixture
+def logs(caplog, monkeypatch):
+    """caplog for the 'p2p_hloc' logger (which does not propagate), at INFO."""
+    monkeypatch.setattr(logging.getLogger("p2p_hloc"), "propagate", True)
+    caplog.set_level(logging.INFO, "p2p_hloc")
+    return caplog

@@ -1,13 +1,11 @@
 """SIFT features and matches in hloc's h5 layout, for the localization tests
 (independent of p2p_hloc's matchers, so that the pycolmap steps are tested alone)."""
 
-import logging
 from pathlib import Path
 from typing import Dict, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
-import pytest
 
 from p2p_hloc.io import parse_pairs, to_hloc_coords, write_keypoints, write_matches
 
@@ -58,11 +56,3 @@ def sift_h5(
                 matches, name0, name1, matches0, (matches0 > -1).astype(float)
             )
     return features, matches
-
-
-@pytest.fixture
-def logs(caplog, monkeypatch):
-    """caplog for the 'p2p_hloc' logger (which does not propagate), at INFO."""
-    monkeypatch.setattr(logging.getLogger("p2p_hloc"), "propagate", True)
-    caplog.set_level(logging.INFO, "p2p_hloc")
-    return caplog

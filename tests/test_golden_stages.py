@@ -3,7 +3,12 @@
 import numpy as np
 import torch
 
-from p2p_hloc.model.ncnet import coarse_matches, maxpool4d, mutual_filter, mutual_matching
+from p2p_hloc.model.ncnet import (
+    coarse_matches,
+    maxpool4d,
+    mutual_filter,
+    mutual_matching,
+)
 from p2p_hloc.preprocess import load_image
 
 
@@ -19,11 +24,15 @@ def test_backbone(golden_dir, golden_model):
         feats = golden_model.extract_features(x[None])
     np.testing.assert_allclose(feats[3].numpy(), ref["f3_layer2"], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(feats[4].numpy(), ref["f4_layer3"], atol=1e-4, rtol=1e-4)
-    for i, name in enumerate(["f0_input", "f1_conv1", "f2_layer1", "f3_layer2", "f4_layer3"]):
+    for i, name in enumerate(
+        ["f0_input", "f1_conv1", "f2_layer1", "f3_layer2", "f4_layer3"]
+    ):
         f = feats[i].numpy()
         assert list(f.shape) == list(ref[f"{name}_shape"])
         vals = f.reshape(-1)[ref[f"{name}_sample_flat_idx"]]
-        np.testing.assert_allclose(vals, ref[f"{name}_sample_values"], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(
+            vals, ref[f"{name}_sample_values"], atol=1e-4, rtol=1e-4
+        )
         stats = ref[f"{name}_stats"]
         np.testing.assert_allclose([f.mean(), f.std()], stats[:2], rtol=1e-4, atol=1e-5)
 
@@ -34,7 +43,10 @@ def test_ncn_layer_and_mutual(golden_dir, golden_model):
         out = golden_model.ncn(t(ref["ncn_in"]))
     np.testing.assert_allclose(out.numpy(), ref["ncn_out"], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(
-        mutual_matching(t(ref["mutual_in"])).numpy(), ref["mutual_out"], atol=1e-6, rtol=1e-5
+        mutual_matching(t(ref["mutual_in"])).numpy(),
+        ref["mutual_out"],
+        atol=1e-6,
+        rtol=1e-5,
     )
 
 
@@ -53,9 +65,13 @@ def test_coarse_block(golden_dir, golden_model):
     with torch.no_grad():
         c = golden_model.coarse(feats0, feats1)
     np.testing.assert_array_equal(c["raw_matches"].numpy(), ref["coarse_raw_matches"])
-    np.testing.assert_allclose(c["raw_scores"].numpy(), ref["coarse_raw_scores"], atol=1e-5)
+    np.testing.assert_allclose(
+        c["raw_scores"].numpy(), ref["coarse_raw_scores"], atol=1e-5
+    )
     np.testing.assert_array_equal(c["matches"].numpy(), ref["coarse_mutual_matches"])
-    np.testing.assert_allclose(c["scores"].numpy(), ref["coarse_mutual_scores"], atol=1e-5)
+    np.testing.assert_allclose(
+        c["scores"].numpy(), ref["coarse_mutual_scores"], atol=1e-5
+    )
 
 
 def test_coarse_volume_pair_a(golden_dir, golden_model):
@@ -83,8 +99,12 @@ def test_regressors(golden_dir, golden_model):
     with torch.no_grad():
         mid = golden_model.regress_mid(x)
         fine = golden_model.regress_fine(x)
-    np.testing.assert_allclose(mid.numpy(), ref["regress_mid_out"], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(fine.numpy(), ref["regress_fine_out"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        mid.numpy(), ref["regress_mid_out"], atol=1e-4, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        fine.numpy(), ref["regress_fine_out"], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_mutual_filter_fallback_keeps_all():
@@ -92,6 +112,8 @@ def test_mutual_filter_fallback_keeps_all():
     s = np.array([0.5, 0.7], np.float32)
     km, ks = mutual_filter(m, s)
     np.testing.assert_array_equal(km, m)
-    km, ks = mutual_filter(np.concatenate([m, m[:1]]), np.array([0.5, 0.7, 0.9], np.float32))
+    km, ks = mutual_filter(
+        np.concatenate([m, m[:1]]), np.array([0.5, 0.7, 0.9], np.float32)
+    )
     np.testing.assert_array_equal(km, m[:1])
     assert ks[0] == np.float32(0.5)  # first occurrence

@@ -2,7 +2,7 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers_localization import logs, sift_h5  # noqa: F401
+from helpers_localization import sift_h5
 
 from p2p_hloc import localize_inloc
 from p2p_hloc.confs import confs

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import logs, sift_h5  # noqa: F401
+from helpers_localization import sift_h5
 
 from p2p_hloc import localize_sfm, triangulation
 from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses

@@ -162,7 +162,9 @@ def test_immatch_parity_option(sift_run, tmp_path):
 def test_rerun_skips_done_pairs_in_either_direction(sift_run, caplog):
     root, names, pairs, feats, matches = sift_run
     before = (feats.read_bytes(), matches.read_bytes())
-    reversed_pairs = write_pairs(root / "pairs-reversed.txt", [(b, a) for a, b in pairs])
+    reversed_pairs = write_pairs(
+        root / "pairs-reversed.txt", [(b, a) for a, b in pairs]
+    )
     main(confs["sift"], reversed_pairs, root / "images", root / "out", feats, matches)
     assert (feats.read_bytes(), matches.read_bytes()) == before
 
@@ -323,7 +325,7 @@ def test_bad_pairs_files(sift_run, tmp_path):
         tmp_path / "messy.txt",
         [
             "",
-            f"# comment",
+            "# comment",
             pairs[0],
             "  ",
             (pairs[0][1], pairs[0][0]),

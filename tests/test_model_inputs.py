@@ -64,7 +64,9 @@ def test_image_modes_converted_to_rgb(tmp_path, mode, golden_dir):
 
 def test_checkpoint_key_errors(tmp_path, ckpt):
     state = dict(ckpt["state_dict"])
-    broken = dict(ckpt, state_dict={k: v for k, v in state.items() if k != "ncn.conv.0.bias"})
+    broken = dict(
+        ckpt, state_dict={k: v for k, v in state.items() if k != "ncn.conv.0.bias"}
+    )
     broken["state_dict"]["regress_mid.extra.weight"] = torch.zeros(3)
     broken["state_dict"]["regress_fine.fc.6.bias"] = torch.zeros(7)
     path = tmp_path / "broken.pth"
@@ -97,7 +99,11 @@ def test_layer4_is_accepted_and_ignored(tmp_path, ckpt):
 
 
 def test_ncnet_bare_state_dict_is_coarse_only(tmp_path, ckpt, golden_dir):
-    coarse = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("extract.", "ncn."))}
+    coarse = {
+        k: v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith(("extract.", "ncn."))
+    }
     p = tmp_path / "ncn.pth"
     torch.save(coarse, p)
     model = load_model(p, "cpu")
@@ -115,7 +121,13 @@ def test_save_checkpoint_round_trip(tmp_path, golden_model, ckpt):
 
     p = save_checkpoint(golden_model, tmp_path / "out.pth")
     again = read_checkpoint(p)
-    assert set(again) >= {"backbone", "feat_idx", "change_stride", "regressor_config", "state_dict"}
+    assert set(again) >= {
+        "backbone",
+        "feat_idx",
+        "change_stride",
+        "regressor_config",
+        "state_dict",
+    }
     assert vars(again["regressor_config"])["conv_strs"] == [2, 1]
     assert set(again["state_dict"]) == set(ckpt["state_dict"])
     load_model(p, "cpu")
@@ -153,23 +165,49 @@ def test_cli_match_contract(tmp_path, golden_dir, golden_weights):
     ref = np.load(golden_dir / "outputs_A_s512.npz")
     d = np.load(out)
     assert set(d.files) == {"keypoints0", "keypoints1", "scores"}
-    np.testing.assert_allclose(d["keypoints0"], ref["final_thr040_matches"][:, :2], atol=1e-3)
-    np.testing.assert_allclose(d["keypoints1"], ref["final_thr040_matches"][:, 2:], atol=1e-3)
+    np.testing.assert_allclose(
+        d["keypoints0"], ref["final_thr040_matches"][:, :2], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        d["keypoints1"], ref["final_thr040_matches"][:, 2:], atol=1e-3
+    )
     np.testing.assert_allclose(d["scores"], ref["final_thr040_scores"], atol=1e-4)
 
 
 def test_cli_coarse_only_and_errors(tmp_path, golden_dir, golden_weights):
     out = tmp_path / "c.npz"
     args = [str(golden_dir / "pairB_1.png"), str(golden_dir / "pairB_2.png")]
-    rc = cli_main(["match", *args, "--weights", str(golden_weights), "--coarse-only",
-                   "--threshold", "0.9", "--out", str(out)])
+    rc = cli_main(
+        [
+            "match",
+            *args,
+            "--weights",
+            str(golden_weights),
+            "--coarse-only",
+            "--threshold",
+            "0.9",
+            "--out",
+            str(out),
+        ]
+    )
     ref = np.load(golden_dir / "outputs_B_default.npz")
     d = np.load(out)
     assert rc == 0 and len(d["scores"]) == int((ref["coarse_scores"] > 0.9).sum())
     r = subprocess.run(
-        [sys.executable, "-m", "p2p_hloc.cli", "match", args[0], str(tmp_path / "x.png"),
-         "--weights", str(golden_weights), "--out", str(tmp_path / "e.npz")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "p2p_hloc.cli",
+            "match",
+            args[0],
+            str(tmp_path / "x.png"),
+            "--weights",
+            str(golden_weights),
+            "--out",
+            str(tmp_path / "e.npz"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2 and "x.png" in r.stderr
     assert not (tmp_path / "e.npz").exists()

@@ -1,7 +1,7 @@
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import logs, sift_h5  # noqa: F401
+from helpers_localization import sift_h5
 
 from p2p_hloc import reconstruction
 from p2p_hloc.synthetic import generate_scene

@@ -1,7 +1,7 @@
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import logs, sift_h5  # noqa: F401
+from helpers_localization import sift_h5
 
 from p2p_hloc import triangulation
 from p2p_hloc.io import parse_pairs, write_pairs
