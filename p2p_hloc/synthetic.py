@@ -25,7 +25,8 @@ import pycolmap
 import scipy.io
 from scipy.spatial.transform import Rotation
 
-from .io import write_pairs, write_poses
+from .eval.poses import qvec_to_matrix, read_poses
+from .io import parse_queries, write_pairs, write_poses
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -72,6 +73,19 @@ class View:
     @property
     def center(self) -> np.ndarray:
         return -self.R.T @ self.t
+
+    @property
+    def pose(self) -> np.ndarray:
+        """``(4, 4)`` cam_from_world."""
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = self.R, self.t
+        return T
+
+    def project(self, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates ``(N, 2)`` and depths ``(N,)`` of world points
+        ``(N, 3)``."""
+        p = xyz @ self.R.T + self.t
+        return p[:, :2] / p[:, 2:] @ self.K[:2, :2].T + self.K[:2, 2], p[:, 2]
 
     @property
     def qvec(self) -> np.ndarray:
@@ -316,6 +330,38 @@ def generate_scene(
         output,
     )
     return paths
+
+
+def read_views(paths: Dict[str, Path]) -> List[View]:
+    """The database and query views of a scene from ``generate_scene``'s paths
+    (PINHOLE cameras with the principal point at the image centre)."""
+    views = []
+    for image in pycolmap.Reconstruction(paths["reference"]).images.values():
+        cam, pose = image.camera, image.cam_from_world()
+        views.append(
+            View(
+                image.name,
+                cam.width,
+                cam.height,
+                cam.params[0],
+                pose.rotation.matrix(),
+                pose.translation,
+            )
+        )
+    gt = read_poses(paths["ground_truth"])  # keyed by basename
+    for name, cam in parse_queries(paths["queries"]):
+        qvec, t = gt[Path(name).name]
+        views.append(
+            View(
+                name,
+                cam["width"],
+                cam["height"],
+                cam["params"][0],
+                qvec_to_matrix(qvec),
+                t,
+            )
+        )
+    return sorted(views, key=lambda v: v.name)
 
 
 def scan_alignment_text(T: np.ndarray) -> str:

@@ -4,9 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from torch.utils.data import Subset
+
 from . import trainer
 from .data import PlanarPairs
 from .megadepth import MegaDepthPairs, select_pairs, write_pairs
+from .synthetic import SyntheticPairs
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -17,7 +20,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--weights", type=Path, help="initial checkpoint (e.g. ncn_ivd_5ep.pth)"
     )
-    p.add_argument("--dataset", choices=["megadepth", "planar"], default="megadepth")
+    p.add_argument(
+        "--dataset", choices=["megadepth", "synthetic", "planar"], default="megadepth"
+    )
     p.add_argument(
         "--megadepth_root", type=Path, help="D2-Net undistorted MegaDepth root"
     )
@@ -25,7 +30,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--scene_info", type=Path, help="scene_info folder (to select pairs)"
     )
     p.add_argument("--pairs", type=Path, help="pairs .npz (written if absent)")
-    p.add_argument("--num_pairs", type=int, default=256, help="generated pairs")
+    p.add_argument(
+        "--scene", type=Path, help="synthetic scene (default: OUTPUT_DIR/scene)"
+    )
+    p.add_argument(
+        "--num_queries", type=int, default=16, help="random synthetic views (+ 8 fixed)"
+    )
+    p.add_argument("--num_pairs", type=int, default=256, help="planar pairs")
     p.add_argument("--val_pairs", type=int, default=0, help="held-out generated pairs")
     p.add_argument("--epochs", type=int, default=trainer.default_conf["epochs"])
     p.add_argument("--batch_size", type=int, default=trainer.default_conf["batch_size"])
@@ -56,6 +67,21 @@ def main(argv=None) -> Path:
         dataset = PlanarPairs({"num_pairs": args.num_pairs, "seed": args.seed})
         if args.val_pairs:
             val = PlanarPairs({"num_pairs": args.val_pairs, "seed": args.seed + 10**6})
+    elif args.dataset == "synthetic":
+        scene = args.scene or args.output_dir / "scene"
+        conf_scene = {"num_queries": args.num_queries, "seed": args.seed}
+        dataset = SyntheticPairs(scene, conf_scene)
+        if args.val_pairs:  # another scene; its database views are the training ones
+            val = SyntheticPairs(
+                scene.with_name(scene.name + "_val"),
+                {**conf_scene, "seed": args.seed + 10**6},
+            )
+            held_out = [
+                i
+                for i, names in enumerate(zip(val.pairs["image0"], val.pairs["image1"]))
+                if all(str(n).startswith("query/") for n in names)
+            ]
+            val = Subset(val, held_out[: args.val_pairs])
     else:
         if args.megadepth_root is None or args.pairs is None:
             raise SystemExit("--dataset megadepth needs --megadepth_root and --pairs")

@@ -13,7 +13,7 @@ right and bottom to aspect 1.5 and resized to 480x320.
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -153,32 +153,44 @@ def select_pairs(scene_info_dir: Path, root: Path, conf: Dict = None) -> List[Di
     return out
 
 
+PAIR_KEYS = (
+    "scene",
+    "image0",
+    "image1",
+    "size0",
+    "size1",
+    "K0",
+    "K1",
+    "T_0to1",
+    "overlap",
+)
+
+
+def stack_pairs(pairs: List[Dict]) -> Dict[str, np.ndarray]:
+    """Pair records stacked per field (``PAIR_KEYS``), as ``MegaDepthPairs`` reads."""
+    return {k: np.array([p[k] for p in pairs]) for k in PAIR_KEYS}
+
+
 def write_pairs(pairs: List[Dict], path: Path) -> Path:
     """Store pairs as an ``.npz`` of stacked fields."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = [
-        "scene",
-        "image0",
-        "image1",
-        "size0",
-        "size1",
-        "K0",
-        "K1",
-        "T_0to1",
-        "overlap",
-    ]
-    np.savez(path, **{k: np.array([p[k] for p in pairs]) for k in keys})
+    np.savez(path, **stack_pairs(pairs))
     return path
 
 
 class MegaDepthPairs(Dataset):
-    """Pairs from ``write_pairs``; items: ``image0``, ``image1`` ``(3, 320, 480)``
-    ImageNet-normalised, ``F`` ``(3, 3)`` of the resized images, ``K0``,
+    """Pairs from ``write_pairs`` (the file, or ``stack_pairs``' fields); items:
+    ``image0``, ``image1`` ``(3, 320, 480)`` ImageNet-normalised, ``F`` ``(3, 3)`` of the resized images, ``K0``,
     ``K1``, ``T_0to1``, ``index``."""
 
-    def __init__(self, pairs_file: Path, root: Path, size: Tuple[int, int] = SIZE):
-        self.pairs = dict(np.load(pairs_file))
+    def __init__(
+        self,
+        pairs: Union[Path, Dict[str, np.ndarray]],
+        root: Path,
+        size: Tuple[int, int] = SIZE,
+    ):
+        self.pairs = pairs if isinstance(pairs, dict) else dict(np.load(pairs))
         self.root, self.size = Path(root), tuple(size)
 
     def __len__(self) -> int:
