@@ -275,11 +275,6 @@ def main(
             )
             log["status"] = "no_pose"
             failed.append(query)
-        log["ret"] = (
-            None
-            if log["ret"] is None
-            else dict(qvec=poses[query][0], tvec=poses[query][1])
-        )
         logs[query] = log
 
     settings = dict(

@@ -269,11 +269,6 @@ def main(
         else:
             poses[name] = pose_tuple(log["ret"]["cam_from_world"])
             log["status"] = "localized"
-        log["ret"] = (
-            None
-            if log["ret"] is None
-            else dict(qvec=poses[name][0], tvec=poses[name][1])
-        )
         logs[name] = log
 
     settings = dict(
@@ -295,6 +290,9 @@ def write_results(
 ) -> Path:
     """Summarize a localization run, write the results file and its
     ``<results>_logs.pkl`` (per-query logs, failures, settings)."""
+    for name, log in logs.items():  # keep plain arrays, not pycolmap objects
+        if log.get("ret") is not None:
+            log["ret"] = dict(qvec=poses[name][0], tvec=poses[name][1])
     n_ok = num_queries - len(failed) - len(fallback)
     logger.info("Localized %d / %d queries.", n_ok, num_queries)
     if fallback:
