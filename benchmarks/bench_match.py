@@ -40,6 +40,7 @@ from p2p_hloc.model.ncnet import (  # noqa: E402
     l2_normalize,
     mutual_filter,
     mutual_matching,
+    pool_argmax,
 )
 from p2p_hloc.preprocess import load_image  # noqa: E402
 
@@ -84,11 +85,13 @@ def stages_once(model, x0, x1, timed) -> Dict[str, float]:
         a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
         return correlation_maxpool(a, b, model.ksize)
 
-    (corr, index), t["corr+pool"] = timed(corr_pool)
+    corr, t["corr+pool"] = timed(corr_pool)
     corr, t["nc"] = timed(lambda: mutual_matching(model.ncn(mutual_matching(corr))))
 
     def extract():
-        raw, scores = coarse_matches(corr, index, model.stride, model.ksize)
+        a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
+        argmax = lambda c0, c1: pool_argmax(a, b, c0, c1, model.ksize)  # noqa: E731
+        raw, scores = coarse_matches(corr, argmax, model.stride, model.ksize)
         m, _ = mutual_filter(raw.cpu().numpy(), scores.cpu().numpy())
         return torch.from_numpy(m).to(corr.device).float()
 

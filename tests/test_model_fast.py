@@ -12,6 +12,7 @@ from p2p_hloc.model.ncnet import (
     correlation_maxpool,
     decode_argmax,
     maxpool4d,
+    pool_argmax,
 )
 from p2p_hloc.model.regressor import gather_patches, patch_tables
 
@@ -59,12 +60,22 @@ def test_correlation_maxpool_matches_two_step(chunk):
     torch.manual_seed(1)
     f0, f1 = torch.rand(1, 16, 6, 8), torch.rand(1, 16, 4, 10)
     pooled_ref, off_ref = maxpool4d(correlation_4d(f0, f1), 2)
-    pooled, index = correlation_maxpool(f0, f1, 2, chunk=chunk)
+    pooled = correlation_maxpool(f0, f1, 2, chunk=chunk)
     torch.testing.assert_close(pooled, pooled_ref)
-    assert torch.equal(decode_argmax(index), off_ref)
+    # the argmax recomputed at every pooled cell pair
+    c0, c1 = torch.meshgrid(torch.arange(3 * 4), torch.arange(2 * 5), indexing="ij")
+    index = pool_argmax(f0, f1, c0.flatten(), c1.flatten(), 2)
+    assert torch.equal(decode_argmax(index).view(off_ref.shape), off_ref)
     corr = torch.rand_like(pooled)
-    for a, b in zip(coarse_matches(corr, index), coarse_matches(corr, off_ref)):
+    recomputed = coarse_matches(corr, lambda a, b: pool_argmax(f0, f1, a, b, 2))
+    for a, b in zip(recomputed, coarse_matches(corr, off_ref)):
         assert torch.equal(a, b)
+
+
+def test_pool_argmax_ties_take_the_first_candidate():
+    f = torch.ones(1, 4, 2, 2)
+    cell = torch.zeros(1, dtype=torch.long)
+    assert pool_argmax(f, f, cell, cell, 2).item() == 0
 
 
 def test_maxpool_ties_take_the_first_candidate():

@@ -7,12 +7,14 @@ The full-resolution volume is never stored: correlation and 4D max-pool run
 together on slabs of image-1 rows (``correlation_maxpool``).
 """
 
-from typing import Tuple
+from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ops import matmul_nt
 
 
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -64,15 +66,15 @@ def maxpool4d(corr: torch.Tensor, k: int = 2) -> Tuple[torch.Tensor, torch.Tenso
 
 
 def correlation_maxpool(
-    feat0: torch.Tensor, feat1: torch.Tensor, k: int = 2, chunk: int = 1 << 22
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``maxpool4d(correlation_4d(feat0, feat1))`` on slabs of image-1 rows, so
-    that at most about ``chunk`` full-resolution entries exist at a time (in
-    reused buffers; not differentiable).
+    feat0: torch.Tensor, feat1: torch.Tensor, k: int = 2, chunk: int = 1 << 20
+) -> torch.Tensor:
+    """The pooled volume of ``maxpool4d(correlation_4d(feat0, feat1))``, computed
+    in tiles so that at most about ``chunk`` full-resolution entries exist at a
+    time (not differentiable). The argmax is not kept: ``pool_argmax`` gives
+    it at the few cells where it is needed.
 
     Args: ``(1, C, H1, W1)``, ``(1, C, H2, W2)`` features (batch 1).
-    Returns: pooled ``(1, 1, h1, w1, h2, w2)`` and the flat candidate index
-    ``(1, 1, h1, w1, h2, w2)`` uint8 (see ``decode_argmax``).
+    Returns: ``(1, 1, H1/k, W1/k, H2/k, W2/k)``.
     """
     _, c, h1, w1 = feat0.shape
     h2, w2 = feat1.shape[-2:]
@@ -80,37 +82,56 @@ def correlation_maxpool(
         raise ValueError(
             f"4D max-pool needs sizes divisible by {k}, got {h1, w1, h2, w2}"
         )
-    q1, q2 = (
-        h2 // k * (w2 // k),
-        k * k,
-    )  # pooled image-2 cells, candidates per axis pair
-    # Image-2 cells ordered (pooled cell, dk, dl) and image-1 rows (pooled column,
-    # di, dj): the k^4 candidates of a block are then two contiguous groups.
-    b = feat1[0].reshape(c, h2 // k, k, w2 // k, k).permute(0, 1, 3, 2, 4)
-    b = b.reshape(c, h2 * w2)
+    kk, q1 = k * k, h2 // k * (w2 // k)  # candidates per image, pooled image-2 cells
+    # Image-1 rows ordered (pooled column, di, dj), image-2 columns (dk, dl,
+    # pooled cell): the k^4 candidates of a pooled cell are then k^4 rows of
+    # one (pooled column, k^4, pooled cells) view, reduced with one amax.
+    b = feat1[0].reshape(c, h2 // k, k, w2 // k, k).permute(2, 4, 1, 3, 0)
+    b = b.reshape(kk, q1, c)
     a = feat0[0].permute(1, 2, 0)  # (H1, W1, C)
-    rows = min(h1, max(1, chunk // (k * w1 * h2 * w2)) * k)
+    step = max(1, min(q1, chunk // (k * w1 * kk)))  # pooled image-2 cells a tile
+    tiles = [
+        (s, b[:, s : s + step].reshape(-1, c).contiguous()) for s in range(0, q1, step)
+    ]
     pooled = a.new_empty(h1 // k, w1 // k, q1)
-    index = torch.empty(pooled.shape, dtype=torch.uint8, device=a.device)
-    slab = a.new_empty(rows // k, w1 // k, k, k, c)
-    corr = a.new_empty(rows * w1, h2 * w2)
-    m1 = a.new_empty(rows // k, w1 // k, q2, q1)
-    i1 = torch.empty(m1.shape, dtype=torch.long, device=a.device)
-    i2 = torch.empty(rows // k, w1 // k, 1, q1, dtype=torch.long, device=a.device)
-    for r in range(0, h1, rows):
-        n = min(rows, h1 - r) // k
-        s = slice(r // k, r // k + n)
-        v = a[r : r + n * k].view(n, k, w1 // k, k, c).transpose(1, 2)
-        slab[:n].copy_(v)
-        out = corr[: n * w1 * k]
-        torch.mm(slab[:n].view(-1, c), b, out=out)  # (n, w1/k, di, dj) x (q1, dk, dl)
-        torch.max(out.view(n, w1 // k, q2, q1, q2), -1, out=(m1[:n], i1[:n]))
-        # first maximum over (di, dj), then the (dk, dl) that gave it
-        torch.max(m1[:n], 2, keepdim=True, out=(pooled[s, :, None], i2[:n]))
-        index[s] = (i2[:n] * q2 + i1[:n].gather(2, i2[:n]))[:, :, 0]
-    pooled = pooled.view(h1 // k, w1 // k, h2 // k, w2 // k)
-    index = index.view(pooled.shape)
-    return pooled[None, None], index[None, None]
+    for r in range(h1 // k):
+        rows = a[k * r : k * r + k].view(k, w1 // k, k, c).transpose(0, 1)
+        rows = rows.reshape(-1, c)  # (W1/k * k * k, C)
+        for s, tile in tiles:
+            out = matmul_nt(rows, tile).view(w1 // k, kk * kk, -1)
+            torch.amax(out, 1, out=pooled[r, :, s : s + out.shape[-1]])
+    return pooled.view(1, 1, h1 // k, w1 // k, h2 // k, w2 // k)
+
+
+def pool_argmax(
+    feat0: torch.Tensor,
+    feat1: torch.Tensor,
+    cells0: torch.Tensor,
+    cells1: torch.Tensor,
+    k: int = 2,
+) -> torch.Tensor:
+    """The 4D max-pool argmax at given pooled cells, from the features.
+
+    Args:
+        feat0, feat1: the ``(1, C, H, W)`` features of ``correlation_maxpool``.
+        cells0, cells1: ``(R,)`` flat pooled-cell indices (row-major) in each image.
+    Returns:
+        ``(R,)`` int64 flat candidate indices ``((di*k + dj)*k + dk)*k + dl``
+        (the first maximum on ties, as ``maxpool4d``); see ``decode_argmax``.
+    """
+    c, h1, w1 = feat0.shape[1:]
+    w2 = feat1.shape[-1]
+    d = torch.arange(k, device=feat0.device)
+
+    def candidates(feat, cells, w):
+        i = (cells // (w // k))[:, None, None] * k + d[None, :, None]
+        j = (cells % (w // k))[:, None, None] * k + d[None, None, :]
+        return feat[0].permute(1, 2, 0)[i, j].reshape(len(cells), k * k, c)
+
+    v = torch.bmm(
+        candidates(feat0, cells0, w1), candidates(feat1, cells1, w2).transpose(1, 2)
+    )
+    return v.reshape(len(cells0), -1).max(1).indices
 
 
 def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -200,14 +221,18 @@ class NeighConsensus(nn.Module):
 
 
 def coarse_matches(
-    corr: torch.Tensor, offsets: torch.Tensor, stride: int = 8, k: int = 2
+    corr: torch.Tensor,
+    offsets: Union[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+    stride: int = 8,
+    k: int = 2,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Raw matches of both directions from a pooled volume (batch size 1).
 
     Args:
         corr: ``(1, 1, h1, w1, h2, w2)`` pooled correlation after NC.
         offsets: the max-pool argmax, either per axis ``(4, 1, 1, h1, w1, h2,
-            w2)`` or as flat candidate indices ``(1, 1, h1, w1, h2, w2)``.
+            w2)`` (``maxpool4d``) or a function of the ``(R,)`` flat pooled cells
+            of both images giving flat candidate indices (``pool_argmax``).
     Returns:
         matches ``(h2*w2 + h1*w1, 4)`` int64 ``[x1, y1, x2, y2]`` pixels of the
         network input (``stride * cell + stride // 2``), direction B->A first;
@@ -215,7 +240,6 @@ def coarse_matches(
     """
     _, _, h1, w1, h2, w2 = corr.shape
     dev = corr.device
-    per_axis = offsets.dim() == corr.dim() + 1
     corr = corr.reshape(h1 * w1, h2 * w2)
     # Direction 1: for every image-2 cell, softmax over the image-1 cells.
     s1, a1 = F.softmax(corr, dim=0).max(dim=0)
@@ -224,10 +248,10 @@ def coarse_matches(
     s2, b2 = F.softmax(corr, dim=1).max(dim=1)
     a2 = torch.arange(h1 * w1, device=dev)
     ia, ib = torch.cat([a1, a2]), torch.cat([b1, b2])
-    if per_axis:
-        d = offsets.reshape(4, h1 * w1, h2 * w2)[:, ia, ib]
+    if callable(offsets):
+        d = decode_argmax(offsets(ia, ib), k)
     else:
-        d = decode_argmax(offsets.reshape(h1 * w1, h2 * w2)[ia, ib], k)
+        d = offsets.reshape(4, h1 * w1, h2 * w2)[:, ia, ib]
     iA, jA, iB, jB = ia // w1, ia % w1, ib // w2, ib % w2
     cells = torch.stack([jA * k + d[1], iA * k + d[0], jB * k + d[3], iB * k + d[2]], 1)
     return cells * stride + stride // 2, torch.cat([s1, s2])

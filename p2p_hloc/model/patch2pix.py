@@ -20,6 +20,7 @@ from .ncnet import (
     l2_normalize,
     mutual_filter,
     mutual_matching,
+    pool_argmax,
 )
 from .regressor import FeatRegressNet, gather_patches, parse_output, patch_tables
 
@@ -150,9 +151,11 @@ class Patch2Pix(nn.Module):
                     f"got features {tuple(f.shape[-2:])}"
                 )
         f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
-        corr, offsets = correlation_maxpool(f0, f1, self.ksize)
+        corr = correlation_maxpool(f0, f1, self.ksize)
         corr = mutual_matching(self.ncn(mutual_matching(corr)))
-        raw, raw_scores = coarse_matches(corr, offsets, self.stride)
+        raw, raw_scores = coarse_matches(
+            corr, lambda c0, c1: pool_argmax(f0, f1, c0, c1, self.ksize), self.stride
+        )
         raw_np, raw_scores_np = raw.cpu().numpy(), raw_scores.cpu().numpy()
         if mutual:
             m, s = mutual_filter(raw_np, raw_scores_np, ncn_threshold)
