@@ -90,8 +90,7 @@ def test_gather_patches_matches_naive():
     strides = [1, 2, 4, 8]
     feats = [torch.rand(c, h // s, w // s) for c, s in zip([3, 5, 4, 6], strides)]
     points = torch.tensor([[0, 0], [39, 23], [17, 9], [8, 20]])
-    parts, norm = gather_patches(patch_tables(feats), strides, points, (w, h), psize)
-    out = torch.cat(parts, -1) / norm[..., None]
+    out = gather_patches(patch_tables(feats), strides, points, (w, h), psize)
     assert out.shape == (4, psize, psize, 18)
     for n, (x, y) in enumerate(points.tolist()):
         for i, dy in enumerate(range(-8, 8)):

@@ -7,7 +7,7 @@ cell centres at ``8 * cell + 4``). ``match`` can scale them to original pixels.
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -192,21 +192,16 @@ class Patch2Pix(nn.Module):
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
         dim = sum(t.shape[1] for t, _ in tables0)
+        folded = None if net.training else net.folded_convs()
         raws = []
         for chunk in matches.split(self.regr_batch):
             centres = chunk.long()
-            parts0, norm0 = gather_patches(
-                tables0, strides, centres[:, :2], size0, psize
-            )
-            parts1, norm1 = gather_patches(
-                tables1, strides, centres[:, 2:], size1, psize
-            )
-            # (n, P, P, 2 * dim), then L2-normalised per image
-            x = torch.cat(parts0 + parts1, -1)
-            x[..., :dim].div_(norm0[..., None])
-            x[..., dim:].div_(norm1[..., None])
+            # (n, P, P, 2 * dim): image-0 then image-1 channels, each normalised
+            x = tables0[0][0].new_empty(len(chunk), psize, psize, 2 * dim)
+            gather_patches(tables0, strides, centres[:, :2], size0, psize, x[..., :dim])
+            gather_patches(tables1, strides, centres[:, 2:], size1, psize, x[..., dim:])
             with self.autocast():
-                raws.append(net(x.permute(0, 3, 1, 2)).float())
+                raws.append(net(x.permute(0, 3, 1, 2), folded).float())
         raw = (
             torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
         )

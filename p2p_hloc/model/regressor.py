@@ -1,8 +1,9 @@
 """Mid/fine-level regressors and the local patch features they read."""
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,10 +40,33 @@ class FeatRegressNet(nn.Module):
         fcs.append(nn.Linear(cin, out_dim))
         self.fc = nn.Sequential(*fcs)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def folded_convs(self) -> List[Tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
+        """Each conv with the eval-mode BatchNorm after it folded in:
+        ``(conv, weight, bias)``, weights channels-last."""
+        layers = list(self.conv)
+        out = []
+        for conv, bn in zip(layers[:-2:2], layers[1:-2:2]):
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            weight = conv.weight * scale[:, None, None, None]
+            weight = weight.contiguous(memory_format=torch.channels_last)
+            out.append((conv, weight, bn.bias - bn.running_mean * scale))
+        return out
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        folded: Optional[List[Tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]] = None,
+    ) -> torch.Tensor:
         """patches: ``(N, 2*D, P, P)``, image-1 channels first (channels-last
-        memory is fastest on CPU)."""
-        return self.fc(self.conv(patches).flatten(1))
+        memory is fastest on CPU). In eval mode ``folded`` (``folded_convs``,
+        computed once for many calls) replaces the convs and BatchNorms."""
+        if self.training:
+            return self.fc(self.conv(patches).flatten(1))
+        x = patches
+        for conv, weight, bias in folded or self.folded_convs():
+            x = F.conv2d(x, weight, bias, conv.stride, conv.padding)
+        # the global max-pool commutes with the ReLU
+        return self.fc(x.amax((2, 3)).relu())
 
 
 def patch_grid(psize: int, device=None) -> torch.Tensor:
@@ -68,32 +92,39 @@ def gather_patches(
     points: torch.Tensor,
     image_size: Tuple[int, int],
     psize: int = 16,
-) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Nearest-neighbour patch features around integer points.
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """L2-normalised nearest-neighbour patch features around integer points.
 
     Args:
         tables: ``patch_tables`` of one image's levels.
         strides: the level strides ``s_l``.
         points: ``(N, 2)`` int64 ``(x, y)`` patch centres in input pixels.
         image_size: ``(W, H)`` of the network input.
+        out: optional ``(N, P, P, D)`` destination (may be a channel slice of
+            a larger buffer).
     Returns:
-        per level ``(N, P, P, C_l)`` (channels last, not normalised) and the
-        ``(N, P, P)`` divisor ``sqrt(sum_l |f_l|^2 + 1e-6)`` that L2-normalises
-        their concatenation at each position.
+        ``(N, P, P, D)`` (channels last): the levels' features concatenated at
+        each position and divided by ``sqrt(sum_l |f_l|^2 + 1e-6)``.
     """
     w, h = image_size
     d = patch_grid(psize, points.device)
     xs = points[:, 0, None] + d  # (N, P)
     ys = points[:, 1, None] + d
-    out, sq = [], 0.0
+    dim = sum(t.shape[1] for t, _ in tables)
+    if out is None:
+        out = tables[0][0].new_empty(len(points), psize, psize, dim)
+    sq, off = 0.0, 0
     for (table, norm2), s in zip(tables, strides):
         wl = w // s
         xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, wl - 1)
         yi = torch.div(ys, s, rounding_mode="floor").clamp_(0, h // s - 1)
         idx = yi[:, :, None] * wl + xi[:, None, :]  # (N, P, P)
-        out.append(table[idx])
+        c = table.shape[1]
+        out[..., off : off + c] = F.embedding(idx, table)
         sq = sq + norm2[idx]
-    return out, torch.sqrt(sq + 1e-6)
+        off += c
+    return out.div_(torch.sqrt(sq + 1e-6)[..., None])
 
 
 def parse_output(
