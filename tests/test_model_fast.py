@@ -90,7 +90,7 @@ def test_gather_patches_matches_naive():
     strides = [1, 2, 4, 8]
     feats = [torch.rand(c, h // s, w // s) for c, s in zip([3, 5, 4, 6], strides)]
     points = torch.tensor([[0, 0], [39, 23], [17, 9], [8, 20]])
-    out = gather_patches(patch_tables(feats), strides, points, (w, h), psize)
+    out, _ = gather_patches(patch_tables(feats), strides, points, (w, h), psize)
     assert out.shape == (4, psize, psize, 18)
     for n, (x, y) in enumerate(points.tolist()):
         for i, dy in enumerate(range(-8, 8)):
@@ -118,3 +118,41 @@ def test_precision_modes():
     assert pred["matches"].dtype == torch.float32
     assert pred["scores"].dtype == torch.float32
     assert len(pred["matches"]) == len(pred["coarse_matches"]) > 0
+
+
+@pytest.mark.parametrize("level", ["mid", "fine"])
+def test_cell_share_regression_equals_full_conv(level, golden_model):
+    """The eval-mode regressor (stride-8 level through ``CellShare``) against
+    the plain first conv over all 518 channels, at borders and odd centres."""
+    torch.manual_seed(4)
+    model = golden_model
+    sizes = [(96, 64), (80, 48)]
+    feats = []
+    for w, h in sizes:
+        feats.append(
+            [
+                torch.randn(1, c, h // s, w // s)
+                for c, s in zip([3, 64, 64, 128], [1, 2, 4, 8])
+            ]
+        )
+    n = 150  # more than one regressor batch (128)
+    gen = torch.Generator().manual_seed(5)
+    pts = torch.cat(
+        [
+            torch.randint(-3, 100, (n, 1), generator=gen).float(),
+            torch.randint(-3, 68, (n, 1), generator=gen).float(),
+            torch.randint(-3, 84, (n, 1), generator=gen).float(),
+            torch.randint(-3, 52, (n, 1), generator=gen).float(),
+        ],
+        1,
+    ) + torch.rand(n, 4, generator=gen)
+    with torch.no_grad():
+        out = model.regress(level, feats[0], feats[1], pts)["raw"]
+        net = model.regress_mid if level == "mid" else model.regress_fine
+        tables = [patch_tables([f[0] for f in fs]) for fs in feats]
+        c = pts.long()
+        x0, _ = gather_patches(tables[0], [1, 2, 4, 8], c[:, :2], sizes[0])
+        x1, _ = gather_patches(tables[1], [1, 2, 4, 8], c[:, 2:], sizes[1])
+        ref = net(torch.cat([x0, x1], -1).permute(0, 3, 1, 2))
+    assert out.std(0).min() > 1  # outputs that differ between proposals
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ cell centres at ``8 * cell + 4``). ``match`` can scale them to original pixels.
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import ContextManager, Dict, List, Optional, Sequence
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,7 +22,13 @@ from .ncnet import (
     mutual_matching,
     pool_argmax,
 )
-from .regressor import FeatRegressNet, gather_patches, parse_output, patch_tables
+from .regressor import (
+    CellShare,
+    FeatRegressNet,
+    gather_patches,
+    parse_output,
+    patch_tables,
+)
 
 Features = List[torch.Tensor]
 
@@ -191,22 +197,60 @@ class Patch2Pix(nn.Module):
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
-        dim = sum(t.shape[1] for t, _ in tables0)
-        folded = None if net.training else net.folded_convs()
+        dims = [t.shape[1] for t, _ in tables0]
+        if net.training:
+            folded, shares, written = None, [], len(dims)
+        else:
+            folded, shares, written = self._split_first_conv(net, dims, strides, psize)
+        dim = sum(dims[:written])
         raws = []
         for chunk in matches.split(self.regr_batch):
             centres = chunk.long()
             # (n, P, P, 2 * dim): image-0 then image-1 channels, each normalised
             x = tables0[0][0].new_empty(len(chunk), psize, psize, 2 * dim)
-            gather_patches(tables0, strides, centres[:, :2], size0, psize, x[..., :dim])
-            gather_patches(tables1, strides, centres[:, 2:], size1, psize, x[..., dim:])
+            extra = None
+            for side, (tables, size) in enumerate(((tables0, size0), (tables1, size1))):
+                pts = centres[:, 2 * side : 2 * side + 2]
+                dst = x[..., side * dim : (side + 1) * dim]
+                _, inv = gather_patches(tables, strides, pts, size, psize, dst, written)
+                for level, share in shares[side]:
+                    part = share(tables[level][0], pts, size, inv)
+                    extra = part if extra is None else extra.add_(part)
             with self.autocast():
-                raws.append(net(x.permute(0, 3, 1, 2), folded).float())
+                raws.append(net(x.permute(0, 3, 1, 2), folded, extra).float())
         raw = (
             torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
         )
         new, scores = parse_output(raw, matches, size0 + size1, psize)
         return {"matches": new, "scores": scores, "raw": raw}
+
+    @staticmethod
+    def _split_first_conv(
+        net: FeatRegressNet, dims: List[int], strides: List[int], psize: int
+    ) -> Tuple[list, list, int]:
+        """Eval-mode first conv split into the per-pixel levels (a direct conv)
+        and the levels of stride ``>= P/2`` (``CellShare``, per image side).
+        Returns the folded convs (first one on the per-pixel channels), the
+        shares ``[[(level, CellShare)], [...]]`` and the number of per-pixel
+        levels."""
+        folded = net.folded_convs()
+        written = sum(s < psize // 2 for s in strides)
+        if written == len(dims):
+            return folded, [[], []], written
+        conv, weight, bias = folded[0]
+        d, dp = sum(dims), sum(dims[:written])
+        keep = list(range(dp)) + list(range(d, d + dp))
+        plain = weight[:, keep].contiguous(memory_format=torch.channels_last)
+        shares = []
+        for side in range(2):
+            start = side * d + dp
+            side_shares = []
+            for level in range(written, len(dims)):
+                w = weight[:, start : start + dims[level]]
+                side_shares.append((level, CellShare(w, conv, psize, strides[level])))
+                start += dims[level]
+            shares.append(side_shares)
+        return [(conv, plain, bias)] + folded[1:], shares, written
 
     def refine_features(
         self, feats0: Features, feats1: Features, proposals: torch.Tensor
