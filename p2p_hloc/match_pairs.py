@@ -21,7 +21,7 @@ written, nowhere else.
 import argparse
 import pprint
 import shutil
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -134,6 +134,40 @@ def load_order(pairs: Sequence[Pair], cache_size: int) -> List[str]:
     return loads
 
 
+def cache_order(pairs: Sequence[Pair], cache_size: int) -> List[Pair]:
+    """``pairs`` reordered so that an LRU cache of ``cache_size`` images misses
+    rarely. Greedy: next is a pair of two cached images, else a pair of the
+    most recently used image that has pairs left, else the first pair left in
+    sorted order. Deterministic; the outputs do not depend on the order."""
+    todo = dict.fromkeys(sorted(pairs))
+    of_image: Dict[str, Dict[Pair, None]] = defaultdict(dict)
+    for pair in todo:
+        for name in pair:
+            of_image[name][pair] = None
+    cache: OrderedDict = OrderedDict()
+    order = []
+    while todo:
+        recent = list(reversed(cache))
+        pick = next(
+            ((a, b) for a in recent for b in recent if (a, b) in todo),
+            None,
+        )
+        if pick is None:
+            pick = next(
+                (next(iter(of_image[a])) for a in recent if of_image[a]),
+                next(iter(todo)),
+            )
+        order.append(pick)
+        del todo[pick]
+        for name in pick:
+            of_image[name].pop(pick, None)
+            cache[name] = None
+            cache.move_to_end(name)
+        while len(cache) > cache_size:
+            cache.popitem(last=False)
+    return order
+
+
 def match_raw(
     matcher: BaseMatcher,
     pairs: Sequence[Pair],
@@ -142,8 +176,9 @@ def match_raw(
     num_workers: int,
     cache_size: int = 4,
 ) -> None:
-    """Match ``pairs`` (sorted, so that images repeat) into ``raw``."""
+    """Match ``pairs`` into ``raw``, in ``cache_order``."""
     assert cache_size >= 2
+    pairs = cache_order(pairs, cache_size)
     names = load_order(pairs, cache_size)
     loader = torch.utils.data.DataLoader(
         ImageDataset(matcher, image_dir, names),
@@ -281,7 +316,7 @@ def main(
 
     # resume: pairs with stored raw matches, in the stored orientation
     stored = {p: raw.find(*p) for p in new}
-    todo = sorted(p for p, s in stored.items() if s is None)
+    todo = [p for p, s in stored.items() if s is None]
     new = [stored[p] or p for p in new]
     if todo:
         model_conf = dict(conf["model"])
