@@ -6,9 +6,12 @@ Images are random similarity warps of the golden photos at ``size x 3/4
 size``. Two runners, each configuration in a fresh subprocess (peak RSS):
 
 - ``runner``: ``p2p_hloc.match_pairs.main`` with the ``patch2pix`` conf and
-  the golden weights (features cached per image, quantization, h5 files);
-- ``loop``: a plain loop over ``forward_features`` with an LRU cache of
-  backbone features (4 images), at each ``--precisions`` value.
+  the golden weights (pairs in cache order, features cached per image,
+  quantization, h5 files);
+- ``loop``: a plain loop over ``forward_features`` in file order with an LRU
+  cache of backbone features (4 images);
+
+each at every ``--precisions`` value.
 
 Usage::
 
@@ -65,16 +68,18 @@ def make_dataset(folder: Path, queries: int, db: int, size: int) -> Path:
     return pairs
 
 
-def run_runner(folder: Path, pairs: Path) -> dict:
+def run_runner(folder: Path, pairs: Path, precision: str) -> dict:
     from p2p_hloc import match_pairs
     from p2p_hloc.confs import confs
 
+    conf = dict(confs["patch2pix"])
+    conf["model"] = {**conf["model"], "precision": precision}
     t = time.perf_counter()
     match_pairs.main(
-        confs["patch2pix"],
+        conf,
         pairs,
         folder,
-        folder / "out",
+        folder / f"out_{precision}",
         weights=WEIGHTS,
         overwrite=True,
     )
@@ -121,7 +126,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         pairs = Path(folder) / "pairs.txt"
         if mode == "runner":
-            out = run_runner(Path(folder), pairs)
+            out = run_runner(Path(folder), pairs, precision)
         else:
             out = run_loop(Path(folder), pairs, precision, args.size)
         n = len(pairs.read_text().splitlines())
@@ -134,8 +139,7 @@ def main() -> None:
     rows: List[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         make_dataset(Path(tmp), args.queries, args.db, args.size)
-        jobs = [("runner", "fp32")] if "runner" in args.modes else []
-        jobs += [("loop", prec) for prec in args.precisions if "loop" in args.modes]
+        jobs = [(mode, prec) for mode in args.modes for prec in args.precisions]
         for mode, precision in jobs:
             cmd = [sys.executable, __file__, "--worker", mode, precision, tmp]
             res = subprocess.run(
