@@ -46,6 +46,9 @@ from p2p_hloc.preprocess import load_image  # noqa: E402
 
 GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
 STAGES = ["backbone", "corr+pool", "nc", "extract", "mid", "fine", "total", "cpu"]
+# The official implementation on the development CPU (2 cores, fp32; golden
+# README, 8.9-10.5 s at 640; issue 6, 16.5 s at 1024): seconds per pair.
+OFFICIAL = {640: 9.7, 1024: 16.5}
 
 
 def make_pair(size: int, folder: Path) -> List[Path]:
@@ -134,13 +137,15 @@ def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -
 
 def table(rows: List[dict]) -> str:
     mem = "gpu_mb" if any("gpu_mb" in r for r in rows) else "rss_mb"
-    head = ["size", "prec", "N"] + STAGES + [mem, "load"]
+    head = ["size", "prec", "N"] + STAGES + [mem, "load", "x_offic"]
     lines = [" ".join(f"{h:>9}" for h in head)]
     for r in rows:
+        official = OFFICIAL.get(int(r["size"].split("x")[0]))
         vals = [r["size"], r["precision"], r["proposals"]]
         vals += [f"{r[s]:.2f}" for s in STAGES] + [
             f"{r.get(mem, 0):.0f}",
             f"{r['load']:.1f}",
+            f"{official / r['total']:.1f}" if official else "-",
         ]
         lines.append(" ".join(f"{v:>9}" for v in vals))
     return "\n".join(lines)
@@ -177,7 +182,8 @@ def main() -> None:
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(f"done {size} {precision}", file=sys.stderr)
     print(
-        f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians)"
+        f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians); "
+        "x_offic: speed-up over the official CPU time (640: 9.7 s, 1024: 16.5 s)"
     )
     print(table(rows))
     if args.json:
