@@ -156,3 +156,14 @@ def test_cell_share_regression_equals_full_conv(level, golden_model):
         ref = net(torch.cat([x0, x1], -1).permute(0, 3, 1, 2))
     assert out.std(0).min() > 1  # outputs that differ between proposals
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matmul_nt(dtype):
+    from p2p_hloc.model.ops import matmul_nt
+
+    torch.manual_seed(6)
+    a, b = torch.randn(70, 33, dtype=dtype), torch.randn(50, 33, dtype=dtype)
+    out = matmul_nt(a[::2], b)  # a strided input is made contiguous
+    assert out.dtype == dtype and out.shape == (35, 50)
+    torch.testing.assert_close(out, a[::2] @ b.t())
