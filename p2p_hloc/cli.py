@@ -21,6 +21,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         args.weights,
     )
     model = load_model(weights, args.device, coarse_only=args.coarse_only)
+    model.precision = args.precision
     x0, s0, _ = load_image(args.image0, args.imsize)
     x1, s1, _ = load_image(args.image1, args.imsize)
     dev = model.device
@@ -86,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda if available)"
+    )
+    m.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="regressor precision: fp32 (default, official results), opt-in "
+        "bf16 (CPUs with bf16, GPUs) or fp16 (GPUs); docs/performance.md",
     )
     m.add_argument("--out", type=Path, required=True, help="output .npz")
     m.add_argument("--plot", type=Path, help="save a match plot (png)")

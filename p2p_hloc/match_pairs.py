@@ -367,6 +367,26 @@ def main(
     return features, matches
 
 
+def with_precision(conf: Dict, precision: str) -> Dict:
+    """A copy of ``conf`` whose Patch2Pix parts (the ``patch2pix`` model and
+    ``refine``) run at ``precision`` (``Patch2Pix.precision``). Other than
+    fp32, the output name ends with ``-<precision>``: the matches differ."""
+    if precision == "fp32":
+        return conf
+    conf = dict(conf)
+    changed = False
+    if conf["model"]["name"] == "patch2pix":
+        conf["model"] = {**conf["model"], "precision": precision}
+        changed = True
+    if conf.get("refine"):
+        conf["refine"] = {**conf["refine"], "precision": precision}
+        changed = True
+    if not changed:
+        raise ValueError(f"conf {conf['output']!r} runs no Patch2Pix model")
+    conf["output"] = f"{conf['output']}-{precision}"
+    return conf
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--conf", required=True, choices=list(confs.keys()))
@@ -386,9 +406,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="Patch2Pix regressor precision (see with_precision)",
+    )
     return p
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    main(**{**args.__dict__, "conf": confs[args.conf]})
+    args = vars(parser().parse_args())
+    conf = with_precision(confs[args.pop("conf")], args.pop("precision"))
+    main(conf=conf, **args)

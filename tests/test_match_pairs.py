@@ -384,6 +384,19 @@ def test_cli(sift_run, tmp_path):
     )
 
 
+def test_with_precision():
+    from p2p_hloc.match_pairs import with_precision
+
+    c = with_precision(confs["patch2pix"], "bf16")
+    assert c["model"]["precision"] == "bf16" and c["output"].endswith("-bf16")
+    assert "precision" not in confs["patch2pix"]["model"]  # a copy
+    r = with_precision(confs["sift_patch2pix"], "fp16")
+    assert r["refine"]["precision"] == "fp16" and "precision" not in r["model"]
+    assert with_precision(confs["sift"], "fp32") is confs["sift"]
+    with pytest.raises(ValueError, match="no Patch2Pix"):
+        with_precision(confs["sift"], "bf16")
+
+
 def test_kill_between_final_renames(tmp_path, monkeypatch):
     """A run stopped after renaming ``features`` but before ``matches``
     rebuilds the new images on re-run instead of treating them as fixed."""

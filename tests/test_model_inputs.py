@@ -174,6 +174,23 @@ def test_cli_match_contract(tmp_path, golden_dir, golden_weights):
     np.testing.assert_allclose(d["scores"], ref["final_thr040_scores"], atol=1e-4)
 
 
+def test_cli_match_bf16(tmp_path, golden_dir, golden_weights):
+    """--precision bf16: same pairs of proposals, matches within a few px."""
+    out = tmp_path / "b.npz"
+    args = [str(golden_dir / "pairA_1.png"), str(golden_dir / "pairA_2.png")]
+    args += ["--weights", str(golden_weights), "--imsize", "512", "--threshold", "0"]
+    assert cli_main(["match", *args, "--precision", "bf16", "--out", str(out)]) == 0
+    ref = np.load(golden_dir / "outputs_A_s512.npz")
+    d = np.load(out)
+    fine = ref["fine_matches"]
+    assert len(d["scores"]) == len(fine)  # threshold 0: every proposal
+    err = np.abs(np.concatenate([d["keypoints0"], d["keypoints1"]], 1) - fine)
+    assert (
+        0 < np.median(err) < 1.0
+        and np.abs(d["scores"] - ref["fine_scores"]).max() < 0.5
+    )
+
+
 def test_cli_coarse_only_and_errors(tmp_path, golden_dir, golden_weights):
     out = tmp_path / "c.npz"
     args = [str(golden_dir / "pairB_1.png"), str(golden_dir / "pairB_2.png")]
