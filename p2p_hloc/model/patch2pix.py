@@ -197,7 +197,7 @@ class Patch2Pix(nn.Module):
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
-        dims = [t.shape[1] for t, _ in tables0]
+        dims = [t.rows.shape[1] for t in tables0]
         if net.training:
             folded, shares, written = None, [], len(dims)
         else:
@@ -207,14 +207,14 @@ class Patch2Pix(nn.Module):
         for chunk in matches.split(self.regr_batch):
             centres = chunk.long()
             # (n, P, P, 2 * dim): image-0 then image-1 channels, each normalised
-            x = tables0[0][0].new_empty(len(chunk), psize, psize, 2 * dim)
+            x = tables0[0].rows.new_empty(len(chunk), psize, psize, 2 * dim)
             extra = None
             for side, (tables, size) in enumerate(((tables0, size0), (tables1, size1))):
                 pts = centres[:, 2 * side : 2 * side + 2]
                 dst = x[..., side * dim : (side + 1) * dim]
                 _, inv = gather_patches(tables, strides, pts, size, psize, dst, written)
                 for level, share in shares[side]:
-                    part = share(tables[level][0], pts, size, inv)
+                    part = share(tables[level], pts, size, inv)
                     extra = part if extra is None else extra.add_(part)
             with self.autocast():
                 raws.append(net(x.permute(0, 3, 1, 2), folded, extra).float())

@@ -1,6 +1,6 @@
 """Mid/fine-level regressors and the local patch features they read."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,20 +82,44 @@ def patch_grid(psize: int, device=None) -> torch.Tensor:
     return torch.arange(psize, device=device) - psize // 2
 
 
-def patch_tables(
-    feats: Sequence[torch.Tensor],
-) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Per level ``(C_l, H_l, W_l)`` map: the row table ``(H_l * W_l, C_l)``
-    (a free view of a channels-last map) and its squared row norms."""
+class PatchTable(NamedTuple):
+    """One feature level as rows: ``rows`` ``(H_l * W_l, C_l)``, their squared
+    norms ``(H_l * W_l,)`` and the map width ``W_l`` (the row stride)."""
+
+    rows: torch.Tensor
+    norm2: torch.Tensor
+    width: int
+
+
+def patch_tables(feats: Sequence[torch.Tensor]) -> List[PatchTable]:
+    """Per level ``(C_l, H_l, W_l)`` map (a free view of a channels-last map)."""
     tables = []
     for f in feats:
-        table = f.permute(1, 2, 0).reshape(-1, f.shape[0])
-        tables.append((table, (table * table).sum(1)))
+        rows = f.permute(1, 2, 0).reshape(-1, f.shape[0])
+        tables.append(PatchTable(rows, (rows * rows).sum(1), f.shape[-1]))
     return tables
 
 
+def cell_index(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    table: PatchTable,
+    stride: int,
+    image_size: Tuple[int, int],
+) -> torch.Tensor:
+    """Row indices ``(N, len_y, len_x)`` of the cells under pixel columns
+    ``xs`` ``(N, len_x)`` and rows ``ys`` ``(N, len_y)``: ``floor(p / s)``
+    clamped to ``[0, W // s - 1]`` (``W``, ``H``: the network input size) as the
+    official code does, which for sides that are not multiples of ``s`` is
+    smaller than the map (its width stays the row stride)."""
+    w, h = image_size
+    xi = torch.div(xs, stride, rounding_mode="floor").clamp_(0, w // stride - 1)
+    yi = torch.div(ys, stride, rounding_mode="floor").clamp_(0, h // stride - 1)
+    return yi[:, :, None] * table.width + xi[:, None, :]
+
+
 def gather_patches(
-    tables: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    tables: Sequence[PatchTable],
     strides: Sequence[int],
     points: torch.Tensor,
     image_size: Tuple[int, int],
@@ -119,25 +143,21 @@ def gather_patches(
         concatenated at each position and divided by the norm of all levels
         ``sqrt(sum_l |f_l|^2 + 1e-6)``, and the ``(N, P, P)`` inverse norm.
     """
-    w, h = image_size
     written = len(tables) if written is None else written
     d = patch_grid(psize, points.device)
     xs = points[:, 0, None] + d  # (N, P)
     ys = points[:, 1, None] + d
-    dim = sum(t.shape[1] for t, _ in tables[:written])
+    dim = sum(t.rows.shape[1] for t in tables[:written])
     if out is None:
-        out = tables[0][0].new_empty(len(points), psize, psize, dim)
+        out = tables[0].rows.new_empty(len(points), psize, psize, dim)
     sq, off = 0.0, 0
-    for level, ((table, norm2), s) in enumerate(zip(tables, strides)):
-        wl = w // s
-        xi = torch.div(xs, s, rounding_mode="floor").clamp_(0, wl - 1)
-        yi = torch.div(ys, s, rounding_mode="floor").clamp_(0, h // s - 1)
-        idx = yi[:, :, None] * wl + xi[:, None, :]  # (N, P, P)
+    for level, (table, s) in enumerate(zip(tables, strides)):
+        idx = cell_index(xs, ys, table, s, image_size)  # (N, P, P)
         if level < written:
-            c = table.shape[1]
-            out[..., off : off + c] = F.embedding(idx, table)
+            c = table.rows.shape[1]
+            out[..., off : off + c] = F.embedding(idx, table.rows)
             off += c
-        sq = sq + norm2[idx]
+        sq = sq + table.norm2[idx]
     inv = torch.rsqrt(sq + 1e-6)
     return out.mul_(inv[..., None]), inv
 
@@ -169,24 +189,23 @@ class CellShare:
 
     def __call__(
         self,
-        table: torch.Tensor,
+        table: PatchTable,
         points: torch.Tensor,
         image_size: Tuple[int, int],
         inv_norm: torch.Tensor,
     ) -> torch.Tensor:
-        """table: the level's ``(H_l * W_l, C)`` rows; points ``(N, 2)`` patch
-        centres; inv_norm ``(N, P, P)`` from ``gather_patches``.
+        """table: the level's ``PatchTable``; points ``(N, 2)`` patch centres;
+        inv_norm ``(N, P, P)`` from ``gather_patches``.
         Returns the share ``(N, H', W', K)``."""
         n, s, m, k = len(points), self.s, self.m, self.k
-        wl, hl = image_size[0] // s, image_size[1] // s
         p = self.p.to(points.device)
         size = p.shape[0]
         origin = points - self.psize // 2  # (N, 2) pixel of patch index 0
         base = torch.div(origin, s, rounding_mode="floor")
-        win = base[:, :, None] + torch.arange(m, device=points.device)  # (N, 2, m)
-        cx, cy = win[:, 0].clamp(0, wl - 1), win[:, 1].clamp(0, hl - 1)
-        cells = cy[:, :, None] * wl + cx[:, None, :]  # (N, m, m)
-        q = matmul_nt(F.embedding(cells, table).view(n * m * m, -1), self.w)
+        # the m x m window of cells from the first, in pixels (s * cell)
+        win = (base[:, :, None] + torch.arange(m, device=points.device)) * s
+        cells = cell_index(win[:, 0], win[:, 1], table, s, image_size)  # (N, m, m)
+        q = matmul_nt(F.embedding(cells, table.rows).view(n * m * m, -1), self.w)
         q = q.view(n, m * m * k * k, -1)  # rows (cy, cx, ty, tx)
         # per axis: the window cell of each (o, t), as a one-hot (N, o, m, t)
         valid = (p >= 0) & (p < self.psize)
