@@ -182,7 +182,8 @@ def main() -> None:
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
                 print(f"done {size} {precision}", file=sys.stderr)
     print(
-        f"device: {rows[0]['device'] if rows else args.device}; seconds per pair (medians); "
+        f"device: {rows[0]['device'] if rows else args.device}; "
+        "seconds per pair (medians); "
         "x_offic: speed-up over the official CPU time (640: 9.7 s, 1024: 16.5 s)"
     )
     print(table(rows))

@@ -156,8 +156,8 @@ def main() -> None:
         f"{torch.get_num_threads()}"
     )
     print(
-        f"{'mode':>8} {'prec':>6} {'pairs':>6} {'s/pair':>8} {'total':>8} {'rss_mb':>7} "
-        f"{'load':>5} {'x_offic':>7}"
+        f"{'mode':>8} {'prec':>6} {'pairs':>6} {'s/pair':>8} {'total':>8} "
+        f"{'rss_mb':>7} {'load':>5} {'x_offic':>7}"
     )
     for r in rows:
         ratio = f"{OFFICIAL_1024 / r['per_pair']:.1f}" if args.size == 1024 else "-"

@@ -211,10 +211,9 @@ class CellShare:
         valid = (p >= 0) & (p < self.psize)
         rel = torch.div(origin[:, :, None, None] + p, s, rounding_mode="floor")
         rel = rel - base[:, :, None, None]  # (N, 2, o, t)
-        hot = (rel[..., None] == torch.arange(m, device=points.device)) & valid[
-            ..., None
-        ]
-        hot = hot.to(inv_norm.dtype).transpose(-1, -2)  # (N, 2, o, m, t)
+        hot = rel[..., None] == torch.arange(m, device=points.device)
+        hot = (hot & valid[..., None]).to(inv_norm.dtype).transpose(-1, -2)
+        # hot: (N, 2, o, m, t)
         pc = p.clamp(0, self.psize - 1)
         scale = inv_norm[:, pc[:, :, None, None], pc[None, None]]  # (N, oy, ty, ox, tx)
         scale = scale.permute(0, 1, 3, 2, 4)[:, :, :, None, None]
