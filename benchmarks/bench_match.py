@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2p_hloc import tune_malloc  # noqa: E402
 from p2p_hloc.model import load_model  # noqa: E402
 from p2p_hloc.model.ncnet import (  # noqa: E402
     coarse_matches,
@@ -158,10 +159,17 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (the CLIs call p2p_hloc.tune_malloc)",
+    )
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        if not args.default_malloc:
+            tune_malloc()
         size, precision = int(args.worker[0]), args.worker[1]
         print(
             json.dumps(worker(size, precision, args.device, args.repeats, args.folder))
@@ -173,6 +181,7 @@ def main() -> None:
             for precision in args.precisions:
                 cmd = [sys.executable, __file__, "--worker", str(size), precision]
                 cmd += ["--device", args.device, "--repeats", str(args.repeats)]
+                cmd += ["--default-malloc"] if args.default_malloc else []
                 res = subprocess.run(
                     cmd + ["--folder", tmp], capture_output=True, text=True
                 )

@@ -120,9 +120,18 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--modes", nargs="+", default=["runner", "loop"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (the CLIs call p2p_hloc.tune_malloc)",
+    )
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        if not args.default_malloc:
+            from p2p_hloc import tune_malloc
+
+            tune_malloc()
         mode, precision, folder = args.worker
         load = os.getloadavg()[0]
         pairs = Path(folder) / "pairs.txt"
@@ -143,6 +152,7 @@ def main() -> None:
         jobs = [(mode, prec) for mode in args.modes for prec in args.precisions]
         for mode, precision in jobs:
             cmd = [sys.executable, __file__, "--worker", mode, precision, tmp]
+            cmd += ["--default-malloc"] if args.default_malloc else []
             res = subprocess.run(
                 cmd + ["--size", str(args.size)], capture_output=True, text=True
             )

@@ -17,3 +17,4 @@ if not logger.handlers:
     logger.propagate = False
 
 from .model import Patch2Pix, load_model  # noqa: E402,F401
+from .runtime import tune_malloc  # noqa: E402,F401

@@ -8,6 +8,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import logger
+from .runtime import tune_malloc
 from .weights import DEFAULT, OFFICIAL
 
 
@@ -114,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .weights import WeightsNotFoundError
 
     args = parser().parse_args(argv)
+    tune_malloc()
     try:
         return args.func(args)
     except (ImageError, CheckpointError, WeightsNotFoundError) as e:

@@ -46,6 +46,7 @@ from .io.raw import RawMatches
 from .matchers import BaseMatcher, build_matcher
 from .preprocess import ImageError
 from .quantize import quantize_matches
+from .runtime import tune_malloc
 
 Pair = Tuple[str, str]
 EDGE = 0.01  # keypoints stay strictly inside the image (localize_inloc asserts it)
@@ -417,5 +418,6 @@ def parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     args = vars(parser().parse_args())
+    tune_malloc()
     conf = with_precision(confs[args.pop("conf")], args.pop("precision"))
     main(conf=conf, **args)

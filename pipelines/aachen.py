@@ -13,7 +13,14 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from p2p_hloc import colmap_from_nvm, localize_sfm, logger, match_pairs, triangulation
+from p2p_hloc import (
+    colmap_from_nvm,
+    localize_sfm,
+    logger,
+    match_pairs,
+    triangulation,
+    tune_malloc,
+)
 from p2p_hloc.confs import confs
 
 QUERIES = "queries/*_time_queries_with_intrinsics.txt"
@@ -111,6 +118,7 @@ def parser(
 
 
 if __name__ == "__main__":
+    tune_malloc()
     p = parser("datasets/aachen", "pairs/aachen", "outputs/aachen", "patch2pix_aachen")
     p.add_argument("--num_covis", type=int, default=20)
     p.add_argument("--num_loc", type=int, default=30)

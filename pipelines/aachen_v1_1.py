@@ -10,7 +10,7 @@ pairs-db-covis20 and pairs-query-netvlad50; RANSAC 20 px, no clustering.
 from pathlib import Path
 from typing import Optional
 
-from p2p_hloc import logger
+from p2p_hloc import logger, tune_malloc
 
 from .aachen import QUERIES, parser, run
 
@@ -43,6 +43,7 @@ def main(
 
 
 if __name__ == "__main__":
+    tune_malloc()
     p = parser(
         "datasets/aachen_v1.1",
         "pairs/aachen_v1.1",

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from p2p_hloc import localize_sfm, logger, match_pairs, triangulation
+from p2p_hloc import localize_sfm, logger, match_pairs, triangulation, tune_malloc
 from p2p_hloc.confs import confs
 from p2p_hloc.eval import poses as pose_eval
 from p2p_hloc.io import from_hloc_coords, get_keypoints, get_matches, parse_pairs
@@ -104,6 +104,7 @@ def main(
 
 
 if __name__ == "__main__":
+    tune_malloc()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", type=Path, required=True)
     parser.add_argument("--proposals", choices=list(PROPOSALS), default="patch2pix")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from p2p_hloc import logger
+from p2p_hloc import logger, tune_malloc
 from p2p_hloc.confs import confs
 from p2p_hloc.eval import hpatches as hp
 from p2p_hloc.eval.homography import SOLVERS
@@ -71,6 +71,7 @@ def main(
 
 
 if __name__ == "__main__":
+    tune_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--conf", choices=list(confs), default="patch2pix")

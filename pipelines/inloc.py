@@ -11,7 +11,7 @@ cutouts' XYZcut, PnP uses RANSAC 48 px (retrieval: netvlad40-temporal).
 from pathlib import Path
 from typing import Optional
 
-from p2p_hloc import localize_inloc, logger
+from p2p_hloc import localize_inloc, logger, tune_malloc
 from p2p_hloc.confs import confs
 
 from .aachen import parser
@@ -47,6 +47,7 @@ def main(
 
 
 if __name__ == "__main__":
+    tune_malloc()
     p = parser("datasets/inloc", "pairs/inloc", "outputs/inloc", "patch2pix_inloc")
     p.add_argument("--retrieval", default="netvlad40-temporal")
     p.add_argument("--skip_matches", type=int, default=20)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
+from ..runtime import tune_malloc
 from . import trainer
 from .data import PlanarPairs
 from .megadepth import MegaDepthPairs, select_pairs, write_pairs
@@ -97,4 +98,5 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
+    tune_malloc()
     main()
