@@ -212,11 +212,10 @@ class NeighConsensus(nn.Module):
             inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (W1, 9, H2, W2) CL
             hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
             z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (W1, 18, H2, W2)
-            z = z.permute(0, 2, 3, 1).reshape(w1, h2, w2, 2, 9).permute(4, 0, 1, 2, 3)
-            z = z.contiguous()  # (9, W1, H2, W2, 2)
+            z = z.permute(0, 2, 3, 1).view(w1, h2, w2, 2, 9)  # a free view
             for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
                 a, b = divmod(ab, 3)
-                acc[r + 2 - a, 2 - b : 2 - b + w1] += z[ab]
+                acc[r + 2 - a, 2 - b : 2 - b + w1] += z[..., ab]
         return acc.add_(l2.bias).relu_()[1:-1, 1:-1].sum(-1)[None, None]
 
 
