@@ -4,7 +4,7 @@ neighbourhood consensus and coarse match extraction.
 Shapes: a 4D correlation volume is ``(B, 1, H1, W1, H2, W2)`` (image-1 cells
 first). Coordinates follow the official code: column ``j`` is x, row ``i`` is y.
 The full-resolution volume is never stored: correlation and 4D max-pool run
-together on slabs of image-1 rows (``correlation_maxpool``).
+together in tiles (``correlation_maxpool``).
 """
 
 from typing import Callable, Tuple, Union
@@ -212,7 +212,7 @@ class NeighConsensus(nn.Module):
             inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (W1, 9, H2, W2) CL
             hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
             z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (W1, 18, H2, W2)
-            z = z.permute(0, 2, 3, 1).view(w1, h2, w2, 2, 9)  # a free view
+            z = z.permute(0, 2, 3, 1).reshape(w1, h2, w2, 2, 9)  # CL: no copy
             for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
                 a, b = divmod(ab, 3)
                 acc[r + 2 - a, 2 - b : 2 - b + w1] += z[..., ab]
