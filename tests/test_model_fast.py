@@ -172,3 +172,20 @@ def test_matmul_nt(dtype):
     out = matmul_nt(a[::2], b)  # a strided input is made contiguous
     assert out.dtype == dtype and out.shape == (35, 50)
     torch.testing.assert_close(out, a[::2] @ b.t())
+
+
+def test_regress_in_training_mode_has_gradients():
+    """Train mode takes the plain convs (no folding, no CellShare)."""
+    torch.manual_seed(7)
+    model = Patch2Pix().train()
+    feats = [
+        [
+            torch.randn(1, c, 64 // s, 96 // s)
+            for c, s in zip([3, 64, 64, 128], [1, 2, 4, 8])
+        ]
+        for _ in range(2)
+    ]
+    props = torch.tensor([[20.0, 20.0, 30.0, 30.0], [50.0, 40.0, 60.0, 10.0]])
+    out = model.regress("mid", feats[0], feats[1], props)
+    out["raw"].sum().backward()
+    assert model.regress_mid.conv[0].weight.grad.abs().sum() > 0

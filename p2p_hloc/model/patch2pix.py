@@ -199,7 +199,7 @@ class Patch2Pix(nn.Module):
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
         dims = [t.rows.shape[1] for t in tables0]
         if net.training:
-            folded, shares, written = None, [], len(dims)
+            folded, shares, written = None, [[], []], len(dims)
         else:
             folded, shares, written = self._split_first_conv(net, dims, strides, psize)
         dim = sum(dims[:written])
