@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -87,15 +88,15 @@ def stages_once(model, x0, x1, timed) -> Dict[str, float]:
 
     def corr_pool():
         a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
-        return correlation_maxpool(a, b, model.ksize)
+        return a, b, correlation_maxpool(a, b, model.ksize)
 
-    corr, t["corr+pool"] = timed(corr_pool)
+    (a, b, corr), t["corr+pool"] = timed(corr_pool)
     corr, t["nc"] = timed(lambda: mutual_matching(model.ncn(mutual_matching(corr))))
 
     def extract():
-        a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
-        argmax = lambda c0, c1: pool_argmax(a, b, c0, c1, model.ksize)  # noqa: E731
-        raw, scores = coarse_matches(corr, argmax, model.stride, model.ksize)
+        raw, scores = coarse_matches(
+            corr, partial(pool_argmax, a, b, k=model.ksize), model.stride, model.ksize
+        )
         m, _ = mutual_filter(raw.cpu().numpy(), scores.cpu().numpy())
         return torch.from_numpy(m).to(corr.device).float()
 

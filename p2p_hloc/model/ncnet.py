@@ -119,7 +119,7 @@ def pool_argmax(
         ``(R,)`` int64 flat candidate indices ``((di*k + dj)*k + dk)*k + dl``
         (the first maximum on ties, as ``maxpool4d``); see ``decode_argmax``.
     """
-    c, h1, w1 = feat0.shape[1:]
+    c, w1 = feat0.shape[1], feat0.shape[-1]
     w2 = feat1.shape[-1]
     d = torch.arange(k, device=feat0.device)
 

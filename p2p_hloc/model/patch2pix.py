@@ -7,6 +7,7 @@ cell centres at ``8 * cell + 4``). ``match`` can scale them to original pixels.
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -159,9 +160,8 @@ class Patch2Pix(nn.Module):
         f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
         corr = correlation_maxpool(f0, f1, self.ksize)
         corr = mutual_matching(self.ncn(mutual_matching(corr)))
-        raw, raw_scores = coarse_matches(
-            corr, lambda c0, c1: pool_argmax(f0, f1, c0, c1, self.ksize), self.stride
-        )
+        argmax = partial(pool_argmax, f0, f1, k=self.ksize)
+        raw, raw_scores = coarse_matches(corr, argmax, self.stride)
         raw_np, raw_scores_np = raw.cpu().numpy(), raw_scores.cpu().numpy()
         if mutual:
             m, s = mutual_filter(raw_np, raw_scores_np, ncn_threshold)
