@@ -1,5 +1,7 @@
 """The fast model kernels against tiny naive references on random inputs."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,8 +129,9 @@ def test_precision_modes():
 
 @pytest.mark.parametrize("level", ["mid", "fine"])
 def test_cell_share_regression_equals_full_conv(level, golden_model):
-    """The eval-mode regressor (stride-8 level through ``CellShare``) against
-    the plain first conv over all 518 channels, at borders and odd centres."""
+    """The eval-mode regressor (stride-8 level through ``CellShare``, folded
+    BatchNorm, Winograd second conv) against the plain layers over all 518
+    channels, at borders and odd centres."""
     torch.manual_seed(4)
     model = golden_model
     sizes = [(101, 70), (83, 45)]  # maps rounded up, as the backbone's
@@ -140,7 +143,7 @@ def test_cell_share_regression_equals_full_conv(level, golden_model):
                 for c, s in zip([3, 64, 64, 128], [1, 2, 4, 8])
             ]
         )
-    n = 150  # more than one regressor batch (128)
+    n = 150  # more than one regressor batch
     gen = torch.Generator().manual_seed(5)
     pts = torch.cat(
         [
@@ -158,9 +161,40 @@ def test_cell_share_regression_equals_full_conv(level, golden_model):
         c = pts.long()
         x0, _ = gather_patches(tables[0], [1, 2, 4, 8], c[:, :2], sizes[0])
         x1, _ = gather_patches(tables[1], [1, 2, 4, 8], c[:, 2:], sizes[1])
-        ref = net(torch.cat([x0, x1], -1).permute(0, 3, 1, 2))
+        ref = net.fc(net.conv(torch.cat([x0, x1], -1).permute(0, 3, 1, 2)).flatten(1))
     assert out.std(0).min() > 0.5  # outputs that differ between proposals
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(5, 8, 8, 40), (3, 4, 12, 16)])
+def test_winograd_conv3x3_amax(shape):
+    from p2p_hloc.model.winograd import conv3x3_amax, transform_weight
+
+    torch.manual_seed(8)
+    x = torch.randn(shape)
+    w = torch.randn(24, shape[-1], 3, 3) / shape[-1] ** 0.5
+    out = conv3x3_amax(x, transform_weight(w))
+    ref = F.conv2d(x.double().permute(0, 3, 1, 2), w.double(), padding=1)
+    ref = ref.amax((2, 3))
+    # float32 Winograd: errors about 1e-5 of the magnitude (a direct conv: ~3e-6)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5 * ref.abs().max())
+
+
+def test_folded_convs_follow_the_weights(golden_model):
+    """The folded (and Winograd) weights are cached until a weight changes."""
+    net = copy.deepcopy(golden_model.regress_fine)
+    first = net.folded_convs()
+    assert net.folded_convs() is first
+    assert first[-1].winograd is not None and first[0].winograd is None
+    x = torch.randn(3, 518, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = net(x)
+        net.conv[2].weight.mul_(2)
+        after = net(x)
+        ref = net.fc(net.conv(x).flatten(1))
+    assert net.folded_convs() is not first
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -26,6 +26,7 @@ from .ncnet import (
 from .regressor import (
     CellShare,
     FeatRegressNet,
+    FoldedConv,
     gather_patches,
     parse_output,
     patch_tables,
@@ -64,7 +65,7 @@ class Patch2Pix(nn.Module):
 
     ksize = 2  # 4D max-pool size
     stride = 8  # feature stride of layer3 after the stride change
-    regr_batch = 128  # proposals per regressor call (cache-sized)
+    regr_batch = 64  # proposals per regressor call (cache-sized)
 
     def __init__(
         self,
@@ -237,7 +238,7 @@ class Patch2Pix(nn.Module):
         written = sum(s < psize // 2 for s in strides)
         if written == len(dims):
             return folded, [[], []], written
-        conv, weight, bias = folded[0]
+        conv, weight, bias, _ = folded[0]
         d, dp = sum(dims), sum(dims[:written])
         keep = list(range(dp)) + list(range(d, d + dp))
         plain = weight[:, keep].contiguous(memory_format=torch.channels_last)
@@ -250,7 +251,7 @@ class Patch2Pix(nn.Module):
                 side_shares.append((level, CellShare(w, conv, psize, strides[level])))
                 start += dims[level]
             shares.append(side_shares)
-        return [(conv, plain, bias)] + folded[1:], shares, written
+        return [FoldedConv(conv, plain, bias)] + folded[1:], shares, written
 
     def refine_features(
         self, feats0: Features, feats1: Features, proposals: torch.Tensor

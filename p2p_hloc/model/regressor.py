@@ -1,5 +1,6 @@
 """Mid/fine-level regressors and the local patch features they read."""
 
+import itertools
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import matmul_nt
+from .winograd import conv3x3_amax, transform_weight
 
 
 class FeatRegressNet(nn.Module):
@@ -41,17 +43,33 @@ class FeatRegressNet(nn.Module):
             cin = cout
         fcs.append(nn.Linear(cin, out_dim))
         self.fc = nn.Sequential(*fcs)
+        self._folded = None  # (parameter versions, folded convs)
 
-    def folded_convs(self) -> List[Tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
-        """Each conv with the eval-mode BatchNorm after it folded in:
-        ``(conv, weight, bias)``, weights channels-last."""
+    def folded_convs(self) -> List["FoldedConv"]:
+        """The convs with the eval-mode BatchNorm after each folded in (weights
+        channels-last), the last one also as a Winograd kernel when it is 3x3
+        with stride 1 and padding 1. Cached until a parameter or buffer
+        changes."""
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, self._fold())
+        return self._folded[1]
+
+    @torch.no_grad()
+    def _fold(self) -> List["FoldedConv"]:
         layers = list(self.conv)
         out = []
         for conv, bn in zip(layers[:-2:2], layers[1:-2:2]):
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             weight = conv.weight * scale[:, None, None, None]
+            wino = None
+            if out and conv is layers[-4] and _winograd_shape(conv):
+                wino = transform_weight(weight)
             weight = weight.contiguous(memory_format=torch.channels_last)
-            out.append((conv, weight, bn.bias - bn.running_mean * scale))
+            out.append(
+                FoldedConv(conv, weight, bn.bias - bn.running_mean * scale, wino)
+            )
         return out
 
     def forward(
@@ -68,13 +86,43 @@ class FeatRegressNet(nn.Module):
         ``CellShare``)."""
         if self.training:
             return self.fc(self.conv(patches).flatten(1))
-        x = patches
-        for i, (conv, weight, bias) in enumerate(folded or self.folded_convs()):
+        x, convs = patches, folded or self.folded_convs()
+        for i, (conv, weight, bias, wino) in enumerate(convs):
+            if wino is not None and _winograd_input(x):
+                # the last conv with its global max-pool, never assembled
+                pooled = conv3x3_amax(x.permute(0, 2, 3, 1), wino).add_(bias)
+                break
             x = F.conv2d(x, weight, bias, conv.stride, conv.padding)
             if i == 0 and first_extra is not None:
                 x.permute(0, 2, 3, 1).add_(first_extra)
+        else:
+            pooled = x.amax((2, 3))
         # the global max-pool commutes with the ReLU
-        return self.fc(x.amax((2, 3)).relu())
+        return self.fc(pooled.relu())
+
+
+class FoldedConv(NamedTuple):
+    """An eval-mode conv with its BatchNorm folded in: ``weight`` ``(O, C, k,
+    k)`` (channels-last), ``bias`` ``(O,)`` and, for a last conv that allows
+    it, the ``(36, O, C)`` Winograd kernel (``winograd.transform_weight``)."""
+
+    conv: nn.Conv2d
+    weight: torch.Tensor
+    bias: torch.Tensor
+    winograd: Optional[torch.Tensor] = None
+
+
+def _winograd_shape(conv: nn.Conv2d) -> bool:
+    return (
+        conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+    )
+
+
+def _winograd_input(x: torch.Tensor) -> bool:
+    """float32 CPU maps whose sides are multiples of the tile (elsewhere, and
+    under autocast, the direct conv is the faster one)."""
+    h, w = x.shape[-2:]
+    return x.device.type == "cpu" and x.dtype == torch.float32 and h % 4 == w % 4 == 0
 
 
 def patch_grid(psize: int, device=None) -> torch.Tensor:
@@ -165,14 +213,15 @@ def gather_patches(
 class CellShare:
     """The first conv's share of one coarse level, computed per feature cell.
 
-    A level of stride ``s >= P/2`` holds one feature for each ``s x s`` cell,
-    so a patch reads at most ``m = (P-1)//s + 2`` cells per axis. Its share of
-    the first conv's output is ``sum_t W_t f(cell(p_t)) / n(p_t)`` over the
-    kernel taps ``t`` (``p_t`` the pixel the tap reads, ``n`` the per-pixel
-    norm of all levels): with ``Q = f(cells) W_t`` computed once per cell and
-    tap, it is one small matrix product per patch, ``S @ Q``, ``S`` holding the
-    ``1 / n(p_t)`` of the taps, instead of the convolution over those channels
-    at every pixel (the same sum, in another order).
+    A level of stride ``s`` holds one feature for each ``s x s`` cell, so a
+    patch reads at most ``m = (P-1)//s + 2`` cells per axis. Its share of the
+    first conv's output at ``o`` is ``sum_t W_t f(cell(p_t)) / n(p_t)`` over
+    the kernel taps ``t`` (``p_t`` the pixel that tap reads, ``n`` the
+    per-pixel norm of all levels). With ``Q[cell, t] = W_t f(cell)`` computed
+    once per cell and tap (one matrix product), each output is a weighted sum
+    of 9 rows of ``Q`` (``embedding_bag``) instead of the convolution over the
+    level's channels at every pixel: the same sum, in another order, with
+    ``H' W' / m^2`` times fewer multiply-adds (``H' x W'`` the conv's output).
     """
 
     def __init__(self, weight: torch.Tensor, conv: nn.Conv2d, psize: int, stride: int):
@@ -198,29 +247,35 @@ class CellShare:
         inv_norm ``(N, P, P)`` from ``gather_patches``.
         Returns the share ``(N, H', W', K)``."""
         n, s, m, k = len(points), self.s, self.m, self.k
-        p = self.p.to(points.device)
+        dev = points.device
+        p = self.p.to(dev)
         size = p.shape[0]
         origin = points - self.psize // 2  # (N, 2) pixel of patch index 0
         base = torch.div(origin, s, rounding_mode="floor")
         # the m x m window of cells from the first, in pixels (s * cell)
-        win = (base[:, :, None] + torch.arange(m, device=points.device)) * s
+        win = (base[:, :, None] + torch.arange(m, device=dev)) * s
         cells = cell_index(win[:, 0], win[:, 1], table, s, image_size)  # (N, m, m)
         q = matmul_nt(F.embedding(cells, table.rows).view(n * m * m, -1), self.w)
-        q = q.view(n, m * m * k * k, -1)  # rows (cy, cx, ty, tx)
-        # per axis: the window cell of each (o, t), as a one-hot (N, o, m, t)
-        valid = (p >= 0) & (p < self.psize)
+        q = q.view(n * m * m * k * k, -1)  # rows (patch, cy, cx, ty, tx)
+        # the window cell of each (output, tap) per axis: (N, 2, o, t)
         rel = torch.div(origin[:, :, None, None] + p, s, rounding_mode="floor")
-        rel = rel - base[:, :, None, None]  # (N, 2, o, t)
-        hot = rel[..., None] == torch.arange(m, device=points.device)
-        hot = (hot & valid[..., None]).to(inv_norm.dtype).transpose(-1, -2)
-        # hot: (N, 2, o, m, t)
+        rel = (rel - base[:, :, None, None]).clamp_(0, m - 1)
+        ry, rx = rel[:, 1, :, None, :, None], rel[:, 0, None, :, None, :]
+        tap = torch.arange(k * k, device=dev).view(k, k)
+        first = torch.arange(n, device=dev).view(n, 1, 1, 1, 1) * m
+        rows = ((first + ry) * m + rx) * (k * k) + tap  # (N, oy, ox, ty, tx)
+        # 1 / n(p_t), zero where the tap reads the conv's zero padding
+        valid = (p >= 0) & (p < self.psize)
         pc = p.clamp(0, self.psize - 1)
-        scale = inv_norm[:, pc[:, :, None, None], pc[None, None]]  # (N, oy, ty, ox, tx)
-        scale = scale.permute(0, 1, 3, 2, 4)[:, :, :, None, None]
-        hy = hot[:, 1][:, :, None, :, None, :, None]  # (N, oy, 1, cy, 1, ty, 1)
-        hx = hot[:, 0][:, None, :, None, :, None, :]  # (N, 1, ox, 1, cx, 1, tx)
-        sel = (scale * hy * hx).reshape(n, size * size, -1)
-        return torch.bmm(sel, q).view(n, size, size, -1)
+        scale = inv_norm[:, pc[:, None, :, None], pc[None, :, None, :]]
+        scale = scale * (valid[:, None, :, None] & valid[None, :, None, :])
+        out = F.embedding_bag(
+            rows.view(-1, k * k),
+            q,
+            mode="sum",
+            per_sample_weights=scale.view(-1, k * k),
+        )
+        return out.view(n, size, size, -1)
 
 
 def parse_output(
