@@ -38,9 +38,11 @@ def conv4d_ref(
     return out
 
 
-def test_neigh_consensus_matches_naive():
+@pytest.mark.parametrize("block", [1 << 16, 40])  # whole rows; 2 of 5 cells
+def test_neigh_consensus_matches_naive(block):
     torch.manual_seed(0)
     ncn = NeighConsensus()
+    ncn.block = block
     for p in ncn.parameters():
         torch.nn.init.normal_(p)
     x = torch.rand(1, 1, 4, 5, 3, 6, dtype=torch.float64)

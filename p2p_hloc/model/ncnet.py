@@ -7,6 +7,7 @@ The full-resolution volume is never stored: correlation and 4D max-pool run
 together in tiles (``correlation_maxpool``).
 """
 
+import itertools
 from typing import Callable, Tuple, Union
 
 import numpy as np
@@ -182,8 +183,13 @@ class NeighConsensus(nn.Module):
     conv 1->32 and one grouped conv 32->2 on the untransposed volume. Each is a
     2D convolution over image-2 cells batched over image-1 cells: layer 1 reads
     the 9 image-1 neighbours as input channels, layer 2 writes one channel per
-    image-1 tap, summed afterwards with shifts, one image-1 row at a time.
+    image-1 tap, summed afterwards with shifts, a block of image-1 cells at a
+    time.
     """
+
+    # volume cells per block (image-1 cells of one row): the layer-1 output
+    # of a block stays in the cache
+    block = 1 << 16
 
     def __init__(self, kernel_sizes=(3, 3), channels=(16, 1)):
         super().__init__()
@@ -207,15 +213,18 @@ class NeighConsensus(nn.Module):
         _, _, h1, w1, h2, w2 = corr.shape
         x = F.pad(corr[0, 0], (0, 0, 0, 0, 1, 1, 1, 1))  # (H1+2, W1+2, H2, W2)
         acc = corr.new_zeros(h1 + 2, w1 + 2, h2, w2, 2)  # padded output
-        for r in range(h1):  # one image-1 row at a time: cache-sized blocks
-            taps = [x[r + a, b : b + w1] for a in range(3) for b in range(3)]
-            inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (W1, 9, H2, W2) CL
+        blocks = -(-w1 * h2 * w2 // self.block)
+        step = -(-w1 // blocks)
+        for r, j in itertools.product(range(h1), range(0, w1, step)):
+            n = min(step, w1 - j)
+            taps = [x[r + a, j + b : j + b + n] for a in range(3) for b in range(3)]
+            inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (n, 9, H2, W2) CL
             hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
-            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (W1, 18, H2, W2)
-            z = z.permute(0, 2, 3, 1).reshape(w1, h2, w2, 2, 9)  # CL: no copy
+            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (n, 18, H2, W2)
+            z = z.permute(0, 2, 3, 1).reshape(n, h2, w2, 2, 9)  # CL: no copy
             for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
                 a, b = divmod(ab, 3)
-                acc[r + 2 - a, 2 - b : 2 - b + w1] += z[..., ab]
+                acc[r + 2 - a, j + 2 - b : j + 2 - b + n] += z[..., ab]
         return acc.add_(l2.bias).relu_()[1:-1, 1:-1].sum(-1)[None, None]
 
 
