@@ -15,7 +15,6 @@ output magnitude (docs/performance.md gives the effect on the golden matches).
 from typing import List
 
 import torch
-import torch.nn.functional as F
 
 from .ops import matmul_nt
 
@@ -44,22 +43,26 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _input_transform(d: torch.Tensor, dim: int, out: torch.Tensor) -> None:
-    """``B^T`` along ``dim`` (size ``4T + 2``) into ``out`` ``(6, ...)`` whose
-    ``dim`` has the ``T`` tiles (starting every 4 entries)."""
-    tiles = (d.shape[dim] - 2) // TILE
-    d0, d1, d2, d3, d4, d5 = (
-        d.narrow(dim, k, TILE * (tiles - 1) + 1)[
-            (slice(None),) * dim + (slice(None, None, TILE),)
-        ]
-        for k in range(6)
-    )
-    torch.add(d4, d2, alpha=-5, out=out[0]).add_(d0, alpha=4)
+    """``B^T`` along ``dim`` of size ``4T`` (zero padding 1 implied) into
+    ``out`` ``(6, ...)`` whose ``dim`` has the ``T`` tiles: tile ``t`` reads
+    entries ``4t - 1 .. 4t + 4``, ``d0 .. d5``."""
+    tiles = d.shape[dim] // TILE
+
+    def taps(start: int, count: int) -> torch.Tensor:  # start, start + 4, ...
+        v = d.narrow(dim, start, TILE * (count - 1) + 1)
+        return v[(slice(None),) * dim + (slice(None, None, TILE),)]
+
+    d1, d2, d3, d4 = (taps(k, tiles) for k in range(4))
+    torch.mul(d2, -5, out=out[0]).add_(d4)
     torch.add(d3 + d4, d1 + d2, alpha=-4, out=out[1])
     torch.add(d4 - d3, d1 - d2, alpha=4, out=out[2])
     e, f = d4 - d2, d3 - d1
     torch.add(e, f, alpha=2, out=out[3])
     torch.add(e, f, alpha=-2, out=out[4])
-    torch.add(d5, d3, alpha=-5, out=out[5]).add_(d1, alpha=4)
+    torch.mul(d3, -5, out=out[5]).add_(d1, alpha=4)
+    if tiles > 1:  # d0 and d5 where they are not padding
+        out[0].narrow(dim, 1, tiles - 1).add_(taps(3, tiles - 1), alpha=4)
+        out[5].narrow(dim, 0, tiles - 1).add_(taps(4, tiles - 1))
 
 
 def _output_transform(m: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -86,9 +89,8 @@ def conv3x3_amax(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     n, h, w, c = x.shape
     ty, tx = h // TILE, w // TILE
-    d = F.pad(x, (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, C)
-    u = x.new_empty(6, n, h + 2, tx, c)
-    _input_transform(d, 2, u)
+    u = x.new_empty(6, n, h, tx, c)
+    _input_transform(x, 2, u)
     v = x.new_empty(6, 6, n, ty, tx, c)
     _input_transform(u, 2, v)
     v = v.view(36, n * ty * tx, c)
