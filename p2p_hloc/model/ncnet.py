@@ -7,7 +7,6 @@ The full-resolution volume is never stored: correlation and 4D max-pool run
 together in tiles (``correlation_maxpool``).
 """
 
-import itertools
 from typing import Callable, Tuple, Union
 
 import numpy as np
@@ -212,20 +211,34 @@ class NeighConsensus(nn.Module):
         w_2 = k2.permute(0, 2, 3, 1, 4, 5).reshape(18, c, 3, 3)  # out: (dir, a, b)
         _, _, h1, w1, h2, w2 = corr.shape
         x = F.pad(corr[0, 0], (0, 0, 0, 0, 1, 1, 1, 1))  # (H1+2, W1+2, H2, W2)
-        acc = corr.new_zeros(h1 + 2, w1 + 2, h2, w2, 2)  # padded output
+        out = corr.new_empty(h1, w1, h2, w2)
+        # output rows r - 1, r, r + 1 take input row r: a ring of 3 padded
+        # output rows (two directions each), finished one row behind
+        acc = corr.new_empty(3, w1 + 2, h2, w2, 2)
+        acc[:2].zero_()
         blocks = -(-w1 * h2 * w2 // self.block)
         step = -(-w1 // blocks)
-        for r, j in itertools.product(range(h1), range(0, w1, step)):
-            n = min(step, w1 - j)
-            taps = [x[r + a, j + b : j + b + n] for a in range(3) for b in range(3)]
-            inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (n, 9, H2, W2) CL
-            hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
-            z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (n, 18, H2, W2)
-            z = z.permute(0, 2, 3, 1).reshape(n, h2, w2, 2, 9)  # CL: no copy
-            for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
-                a, b = divmod(ab, 3)
-                acc[r + 2 - a, j + 2 - b : j + 2 - b + n] += z[..., ab]
-        return acc.add_(l2.bias).relu_()[1:-1, 1:-1].sum(-1)[None, None]
+
+        def finish(row: int) -> None:
+            done = acc[(row + 1) % 3, 1:-1].add_(l2.bias).relu_()
+            torch.add(done[..., 0], done[..., 1], out=out[row])
+
+        for r in range(h1):
+            acc[(r + 2) % 3].zero_()  # output row r + 1 (padded index r + 2)
+            for j in range(0, w1, step):
+                n = min(step, w1 - j)
+                taps = [x[r + a, j + b : j + b + n] for a in range(3) for b in range(3)]
+                inp = torch.stack(taps, -1).permute(0, 3, 1, 2)  # (n, 9, H2, W2) CL
+                hid = F.conv2d(inp, w_1, b_1, padding=1).relu_()
+                z = F.conv2d(hid, w_2, None, padding=1, groups=2)  # (n, 18, H2, W2)
+                z = z.permute(0, 2, 3, 1).reshape(n, h2, w2, 2, 9)  # CL: no copy
+                for ab in range(9):  # cell q feeds output q - (a - 1, b - 1)
+                    a, b = divmod(ab, 3)
+                    acc[(r + 2 - a) % 3, j + 2 - b : j + 2 - b + n] += z[..., ab]
+            if r:
+                finish(r - 1)
+        finish(h1 - 1)
+        return out[None, None]
 
 
 def coarse_matches(
