@@ -144,7 +144,8 @@ def patch_tables(feats: Sequence[torch.Tensor]) -> List[PatchTable]:
     tables = []
     for f in feats:
         rows = f.permute(1, 2, 0).reshape(-1, f.shape[0])
-        tables.append(PatchTable(rows, (rows * rows).sum(1), f.shape[-1]))
+        norm2 = torch.einsum("ij,ij->i", rows, rows)  # no (H*W, C) temporary
+        tables.append(PatchTable(rows, norm2, f.shape[-1]))
     return tables
 
 
