@@ -131,7 +131,7 @@ def test_precision_modes():
 
 @pytest.mark.parametrize("level", ["mid", "fine"])
 def test_cell_share_regression_equals_full_conv(level, golden_model):
-    """The eval-mode regressor (stride-8 level through ``CellShare``, folded
+    """The eval-mode regressor (stride-4 and -8 levels through ``CellShare``, folded
     BatchNorm, Winograd second conv) against the plain layers over all 518
     channels, at borders and odd centres."""
     torch.manual_seed(4)

@@ -230,12 +230,12 @@ class Patch2Pix(nn.Module):
         net: FeatRegressNet, dims: List[int], strides: List[int], psize: int
     ) -> Tuple[list, list, int]:
         """Eval-mode first conv split into the per-pixel levels (a direct conv)
-        and the levels of stride ``>= P/2`` (``CellShare``, per image side).
+        and the levels of stride ``>= P/4`` (``CellShare``, per image side).
         Returns the folded convs (first one on the per-pixel channels), the
         shares ``[[(level, CellShare)], [...]]`` and the number of per-pixel
         levels."""
         folded = net.folded_convs()
-        written = sum(s < psize // 2 for s in strides)
+        written = sum(s < psize // 4 for s in strides)
         if written == len(dims):
             return folded, [[], []], written
         conv, weight, bias, _ = folded[0]
