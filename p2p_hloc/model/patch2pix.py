@@ -65,7 +65,8 @@ class Patch2Pix(nn.Module):
 
     ksize = 2  # 4D max-pool size
     stride = 8  # feature stride of layer3 after the stride change
-    regr_batch = 64  # proposals per regressor call (cache-sized)
+    regr_batch = 64  # proposals per regressor call at inference (cache-sized)
+    train_batch = 128  # proposals per call in train mode (a BatchNorm batch)
 
     def __init__(
         self,
@@ -205,7 +206,9 @@ class Patch2Pix(nn.Module):
             folded, shares, written = self._split_first_conv(net, dims, strides, psize)
         dim = sum(dims[:written])
         raws = []
-        for chunk in matches.split(self.regr_batch):
+        for chunk in matches.split(
+            self.train_batch if net.training else self.regr_batch
+        ):
             centres = chunk.long()
             # (n, P, P, 2 * dim): image-0 then image-1 channels, each normalised
             x = tables0[0].rows.new_empty(len(chunk), psize, psize, 2 * dim)

@@ -6,7 +6,7 @@ regressors; losses from the Sampson distance (``losses.pair_losses``). The
 backbone and the NC layer are frozen and stay in eval mode (their BatchNorm
 statistics are those of the initial weights, so features can be cached); the
 regressors run in train mode (BatchNorm on batch statistics of each chunk of
-``Patch2Pix.regr_batch`` proposals, running statistics updated) as in the
+``Patch2Pix.train_batch`` proposals, running statistics updated) as in the
 official ``net.train()``.
 """
 
