@@ -199,6 +199,25 @@ def test_folded_convs_follow_the_weights(golden_model):
     torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("psize", [12, 16])
+def test_eval_regressor_on_other_patch_sizes(psize):
+    """6x6 maps (P = 12) take the direct second conv, 8x8 ones Winograd; both
+    equal the plain layers."""
+    from p2p_hloc.model.regressor import FeatRegressNet
+
+    torch.manual_seed(9)
+    net = FeatRegressNet(feat_dim=20, psize=psize, conv_dims=(48, 40)).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.running_var, 0.5, 2)
+            torch.nn.init.normal_(m.running_mean)
+    x = torch.randn(7, 40, psize, psize)
+    with torch.no_grad():
+        out, ref = net(x), net.fc(net.conv(x).flatten(1))
+    assert (net.folded_convs()[-1].winograd is not None) and out.shape == (7, 5)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matmul_nt(dtype):
     from p2p_hloc.model.ops import matmul_nt
