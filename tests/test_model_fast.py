@@ -227,12 +227,21 @@ def test_matmul_nt(dtype):
     out = matmul_nt(a[::2], b)  # a strided input is made contiguous
     assert out.dtype == dtype and out.shape == (35, 50)
     torch.testing.assert_close(out, a[::2] @ b.t())
+    b.requires_grad_(True)  # gradients take the differentiable product
+    matmul_nt(a, b).sum().backward()
+    torch.testing.assert_close(b.grad, a.sum(0).expand_as(b))
 
 
-def test_regress_in_training_mode_has_gradients():
-    """Train mode takes the plain convs (no folding, no CellShare)."""
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_regress_in_training_has_gradients(freeze_bn):
+    """Training takes the plain layers (no folding, CellShare or Winograd), in
+    train mode and with frozen BatchNorm (eval mode, gradients on) alike;
+    with frozen BatchNorm the outputs are those of inference."""
+    from p2p_hloc.train.trainer import set_train_mode
+
     torch.manual_seed(7)
-    model = Patch2Pix().train()
+    model = Patch2Pix()
+    set_train_mode(model, freeze_bn)
     feats = [
         [
             torch.randn(1, c, 64 // s, 96 // s)
@@ -243,4 +252,9 @@ def test_regress_in_training_mode_has_gradients():
     props = torch.tensor([[20.0, 20.0, 30.0, 30.0], [50.0, 40.0, 60.0, 10.0]])
     out = model.regress("mid", feats[0], feats[1], props)
     out["raw"].sum().backward()
-    assert model.regress_mid.conv[0].weight.grad.abs().sum() > 0
+    for layer in (0, 2):  # both convs
+        assert model.regress_mid.conv[layer].weight.grad.abs().sum() > 0
+    if freeze_bn:
+        with torch.no_grad():
+            fast = model.regress("mid", feats[0], feats[1], props)["raw"]
+        torch.testing.assert_close(out["raw"].detach(), fast, rtol=1e-4, atol=1e-4)

@@ -200,7 +200,7 @@ class Patch2Pix(nn.Module):
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
         size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
         dims = [t.rows.shape[1] for t in tables0]
-        if net.training:
+        if not net.fast_path():
             folded, shares, written = None, [[], []], len(dims)
         else:
             folded, shares, written = self._split_first_conv(net, dims, strides, psize)

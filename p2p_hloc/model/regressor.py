@@ -45,6 +45,16 @@ class FeatRegressNet(nn.Module):
         self.fc = nn.Sequential(*fcs)
         self._folded = None  # (parameter versions, folded convs)
 
+    def fast_path(self) -> bool:
+        """Eval mode with no gradient wanted for the parameters: the folded,
+        ``CellShare`` and Winograd forms (not differentiable). Otherwise,
+        e.g. training with frozen BatchNorm, the plain layers."""
+        if self.training:
+            return False
+        return not torch.is_grad_enabled() or not any(
+            p.requires_grad for p in self.parameters()
+        )
+
     def folded_convs(self) -> List["FoldedConv"]:
         """The convs with the eval-mode BatchNorm after each folded in (weights
         channels-last), the last one also as a Winograd kernel when it is 3x3
@@ -79,12 +89,12 @@ class FeatRegressNet(nn.Module):
         first_extra: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """patches: ``(N, 2*D, P, P)``, image-1 channels first (channels-last
-        memory is fastest on CPU). In eval mode ``folded`` (``folded_convs``,
+        memory is fastest on CPU). On the ``fast_path``, ``folded`` (``folded_convs``,
         computed once for many calls) replaces the convs and BatchNorms, and
         ``first_extra`` ``(N, H', W', C')`` is added to the first conv's output
         (the share of input channels that ``folded`` leaves out, see
         ``CellShare``)."""
-        if self.training:
+        if not self.fast_path():
             return self.fc(self.conv(patches).flatten(1))
         x, convs = patches, folded or self.folded_convs()
         for i, (conv, weight, bias, wino) in enumerate(convs):
