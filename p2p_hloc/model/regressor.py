@@ -85,15 +85,15 @@ class FeatRegressNet(nn.Module):
     def forward(
         self,
         patches: torch.Tensor,
-        folded: Optional[List[Tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]] = None,
+        folded: Optional[List["FoldedConv"]] = None,
         first_extra: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """patches: ``(N, 2*D, P, P)``, image-1 channels first (channels-last
-        memory is fastest on CPU). On the ``fast_path``, ``folded`` (``folded_convs``,
-        computed once for many calls) replaces the convs and BatchNorms, and
-        ``first_extra`` ``(N, H', W', C')`` is added to the first conv's output
-        (the share of input channels that ``folded`` leaves out, see
-        ``CellShare``)."""
+        memory is fastest on CPU). On the ``fast_path``, ``folded``
+        (``folded_convs``, possibly with a narrower first conv) replaces the
+        convs and BatchNorms, and ``first_extra`` ``(N, H', W', C')`` is added
+        to the first conv's output (the share of input channels that
+        ``folded`` leaves out, see ``CellShare``). Returns ``(N, 5)``."""
         if not self.fast_path():
             return self.fc(self.conv(patches).flatten(1))
         x, convs = patches, folded or self.folded_convs()
