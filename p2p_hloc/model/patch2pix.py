@@ -27,6 +27,7 @@ from .regressor import (
     CellShare,
     FeatRegressNet,
     FoldedConv,
+    PatchTable,
     gather_patches,
     parse_output,
     patch_tables,
@@ -178,23 +179,33 @@ class Patch2Pix(nn.Module):
             "raw_scores": raw_scores,
         }
 
+    def patch_tables(self, feats: Features) -> List[PatchTable]:
+        """The regressor levels of one image as row tables (``PatchTable``)."""
+        cl = torch.channels_last  # makes the row tables free views
+        return patch_tables(
+            [feats[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        )
+
     def regress(
-        self, level: str, feats0: Features, feats1: Features, matches: torch.Tensor
+        self,
+        level: str,
+        feats0: Features,
+        feats1: Features,
+        matches: torch.Tensor,
+        tables: Optional[Tuple[List[PatchTable], List[PatchTable]]] = None,
     ) -> Dict[str, torch.Tensor]:
         """One refinement level (``'mid'`` or ``'fine'``) on ``(N, 4)`` matches.
 
         Patches are centred on the truncated matches; the offsets are added to
-        the untruncated ones. Returns ``matches`` ``(N, 4)`` float, ``scores``
+        the untruncated ones. ``tables``: both images' ``patch_tables`` when
+        already computed. Returns ``matches`` ``(N, 4)`` float, ``scores``
         ``(N,)`` and ``raw`` ``(N, 5)``.
         """
         net = self.regress_mid if level == "mid" else self.regress_fine
         psize = self.regressor.psize[0 if level == "mid" else 1]
-        cl = torch.channels_last  # makes the row tables free views
-        tables0 = patch_tables(
-            [feats0[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
-        )
-        tables1 = patch_tables(
-            [feats1[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        tables0, tables1 = tables or (
+            self.patch_tables(feats0),
+            self.patch_tables(feats1),
         )
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
         size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
@@ -264,8 +275,9 @@ class Patch2Pix(nn.Module):
             raise RuntimeError(
                 "this is a coarse-only (NCNet) model: it has no regressors"
             )
-        mid = self.regress("mid", feats0, feats1, proposals)
-        fine = self.regress("fine", feats0, feats1, mid["matches"])
+        tables = self.patch_tables(feats0), self.patch_tables(feats1)
+        mid = self.regress("mid", feats0, feats1, proposals, tables)
+        fine = self.regress("fine", feats0, feats1, mid["matches"], tables)
         return {
             "mid_matches": mid["matches"],
             "mid_scores": mid["scores"],
