@@ -42,3 +42,41 @@ def logs(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("p2p_hloc"), "propagate", True)
     caplog.set_level(logging.INFO, "p2p_hloc")
     return caplog
+
+
+# The official code itself does not give the same floats on every CPU: run on an
+# AMD EPYC (no AVX-512) it differs from the golden files (made on another CPU) by
+# up to 1.2e-4 in coarse scores and keeps 349 of the 350 s512 proposals of pair A,
+# as this implementation does there. Golden comparisons therefore align rows and
+# allow that many to be missing; scores compare at SCORE_ATOL.
+SCORE_ATOL = 2.5e-4  # measured cross-CPU spread of the official code: 1.2e-4
+MAX_MISSING = 1  # rows that a near-tie in the 4D max-pool adds or drops
+
+
+def align_rows(pred, ref, atol: float = 1e-3, max_missing: int = MAX_MISSING):
+    """Indices ``(ip, ir)`` of the rows of ``pred`` and ``ref`` ((N, D) arrays)
+    that agree within ``atol`` (max norm); at most ``max_missing`` rows of
+    either side may have no partner."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    pred, ref = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    if len(pred) == 0 or len(ref) == 0:
+        assert max(len(pred), len(ref)) <= max_missing, (len(pred), len(ref))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if pred.shape == ref.shape and (np.abs(pred - ref) <= atol).all():
+        return np.arange(len(pred)), np.arange(len(ref))
+    k = min(len(pred), 8)  # rows may repeat (raw coarse matches): pair in order
+    dist, cand = cKDTree(pred).query(ref, k=k, p=np.inf)
+    dist, cand = dist.reshape(len(ref), k), cand.reshape(len(ref), k)
+    used, ip, ir = set(), [], []
+    for r in range(len(ref)):
+        for d, c in sorted(zip(dist[r], cand[r])):
+            if d <= atol and c not in used:
+                used.add(c)
+                ip.append(c)
+                ir.append(r)
+                break
+    missing = max(len(ref) - len(ir), len(pred) - len(ip))
+    assert missing <= max_missing, f"{missing} rows differ ({len(pred)} vs {len(ref)})"
+    return np.asarray(ip, np.int64), np.asarray(ir, np.int64)

@@ -83,14 +83,25 @@ def test_coarse_volume_pair_a(golden_dir, golden_model):
     with torch.no_grad():
         f0 = golden_model.extract_features(x0[None])[-1]
         f1 = golden_model.extract_features(x1[None])[-1]
-        corr = correlation_4d(l2_normalize(f0, 1), l2_normalize(f1, 1))
-        corr, off = maxpool4d(corr, 2)
+        full = correlation_4d(l2_normalize(f0, 1), l2_normalize(f1, 1))
+        corr, off = maxpool4d(full, 2)
         corr = mutual_matching(golden_model.ncn(mutual_matching(corr)))
-    np.testing.assert_allclose(corr.numpy(), ref["corr4d"], atol=1e-5, rtol=1e-4)
-    for i, n in enumerate("ijkl"):
-        np.testing.assert_array_equal(off[i].numpy().astype(np.int8), ref[f"delta_{n}"])
+    # measured on an AMD EPYC against the golden CPU: 5.0e-4 at values up to 17
+    np.testing.assert_allclose(corr.numpy(), ref["corr4d"], atol=2e-4, rtol=2e-4)
+    # a 4D max-pool argmax may differ only where its window holds a near-tie
+    # (10 of 1.2e5 cells on that CPU): both candidates within 1e-5 of each other
+    ours = np.stack([o.numpy().astype(np.int64) for o in off])
+    theirs = np.stack([ref[f"delta_{n}"].astype(np.int64) for n in "ijkl"])
+    cells = np.argwhere((ours != theirs).any(0))
+    assert len(cells) <= 1e-3 * ours[0].size
+    vol = full.numpy()
+    for cell in cells:
+        b, c, *ijkl = cell
+        a = vol[(b, c, *(2 * np.array(ijkl) + ours[(slice(None), *cell)]))]
+        t_ = vol[(b, c, *(2 * np.array(ijkl) + theirs[(slice(None), *cell)]))]
+        assert abs(a - t_) <= 1e-5, (cell, a, t_)
     m, s = coarse_matches(corr, off)
-    assert len(m) == 2400
+    assert abs(len(m) - 2400) <= 1
 
 
 def test_regressors(golden_dir, golden_model):
