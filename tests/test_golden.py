@@ -52,7 +52,9 @@ def test_coarse(case):
         _np(pred["raw_coarse_matches"]), ref["raw_coarse_matches_resized"], 0
     )
     np.testing.assert_allclose(
-        _np(pred["raw_coarse_scores"])[ip], ref["raw_coarse_scores"][ir], atol=SCORE_ATOL
+        _np(pred["raw_coarse_scores"])[ip],
+        ref["raw_coarse_scores"][ir],
+        atol=SCORE_ATOL,
     )
     ip, ir = align_rows(_np(pred["coarse_matches"]), ref["coarse_matches_resized"], 0)
     np.testing.assert_allclose(
@@ -100,9 +102,7 @@ def test_final_thresholds(case, golden_model):
         ip, ir = align_rows(_np(out["coarse_matches"]), ref[f"{key}_coarse"], 0)
         ok = ~(ref[f"{key}_coarse"][ir][:, None] == fragile[None]).all(-1).any(-1)
         m = np.concatenate([_np(out["keypoints0"]), _np(out["keypoints1"])], 1)
-        np.testing.assert_allclose(
-            m[ip][ok], ref[f"{key}_matches"][ir][ok], atol=1e-3
-        )
+        np.testing.assert_allclose(m[ip][ok], ref[f"{key}_matches"][ir][ok], atol=1e-3)
         np.testing.assert_allclose(
             _np(out["scores"])[ip][ok], ref[f"{key}_scores"][ir][ok], atol=SCORE_ATOL
         )

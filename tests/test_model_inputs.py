@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import SCORE_ATOL, align_rows
 from PIL import Image
 
-from conftest import SCORE_ATOL, align_rows
 from p2p_hloc.cli import main as cli_main
 from p2p_hloc.model import CheckpointError, load_model
 from p2p_hloc.model.checkpoint import read_checkpoint
