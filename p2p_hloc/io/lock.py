@@ -1,0 +1,75 @@
+"""Exclusive locks on output files shared by several runs (``<file>.lock``).
+
+The lock is an ``flock`` on a small file next to the output: the kernel drops it
+when its process dies, even by ``kill -9``, so a stale lock file is harmless
+and is simply locked again. It needs a filesystem with working ``flock`` (local
+disks; NFS v4 and Lustre with ``flock`` enabled).
+"""
+
+import errno
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .. import logger
+
+
+class LockTimeout(TimeoutError):
+    """The lock was held by another run for longer than the timeout."""
+
+
+def lock_path(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def file_lock(
+    path: Path, what: str = "", timeout: Optional[float] = None, poll: float = 0.5
+) -> Iterator[Path]:
+    """Hold the lock of ``path`` (the file ``<path>.lock``) inside the block.
+
+    Args:
+        path: the output file to protect (it need not exist).
+        what: what the holder does, for the messages (e.g. "writing features").
+        timeout: seconds to wait for another holder; ``None``: wait for ever.
+        poll: seconds between two attempts while waiting.
+    Yields:
+        The lock file's path.
+    """
+    lpath = lock_path(path)
+    lpath.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if not told:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                logger.info(
+                    "Waiting for %s: another run holds it (%s).",
+                    lpath,
+                    holder or "holder unknown",
+                )
+                told = True
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise LockTimeout(
+                    f"{lpath} is still held by another run after {timeout:.0f} s "
+                    f"({os.pread(fd, 200, 0).decode(errors='replace').strip()})"
+                )
+            time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}: {what}".encode(), 0)
+        if told:
+            logger.info("Got %s after %.0f s.", lpath, time.monotonic() - start)
+        yield lpath
+    finally:
+        os.close(fd)  # releases the flock
