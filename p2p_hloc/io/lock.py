@@ -62,7 +62,7 @@ def file_lock(
                 told = True
             if timeout is not None and time.monotonic() - start > timeout:
                 raise LockTimeout(
-                    f"{lpath} is still held by another run after {timeout:.0f} s "
+                    f"{lpath} is still held by another run after {timeout:g} s "
                     f"({os.pread(fd, 200, 0).decode(errors='replace').strip()})"
                 )
             time.sleep(poll)
