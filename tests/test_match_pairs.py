@@ -225,6 +225,20 @@ def test_localization_mode_keeps_mapping_keypoints(tmp_path):
     check_hloc_files(feats2, matches2, pairs[:2], images)
 
 
+def test_overwrite_keeps_shared_files(tmp_path):
+    """``overwrite`` redoes this run's pairs only: the features file that
+    another matches file uses keeps that file's images."""
+    names = make_scene(tmp_path / "images", 4)
+    images, out = tmp_path / "images", tmp_path / "out"
+    db = write_pairs(tmp_path / "pairs-db.txt", [(names[0], names[1])])
+    feats, m_db = main(confs["sift"], db, images, out)
+    loc = write_pairs(tmp_path / "pairs-loc.txt", [(names[2], names[3])])
+    main(confs["sift"], loc, images, out)
+    _, m_loc = main(confs["sift"], loc, images, out, overwrite=True)
+    check_hloc_files(feats, m_db, [(names[0], names[1])], images)
+    check_hloc_files(feats, m_loc, [(names[2], names[3])], images)
+
+
 def test_refine_hloc_file_proposals(sift_run, golden_weights, tmp_path):
     root, names, pairs, feats, matches = sift_run
     pairs_file = write_pairs(tmp_path / "pairs.txt", pairs[:1])
