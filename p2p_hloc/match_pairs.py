@@ -263,6 +263,8 @@ def main(
     features_ref: Optional[Union[Path, Sequence[Path]]] = None,
     proposals: Optional[Tuple[Path, Path]] = None,
     num_workers: int = 2,
+    *,
+    max_kps: Optional[int] = None,
 ) -> Tuple[Path, Path]:
     """Match the pairs of ``pairs`` and write hloc's features and matches.
 
@@ -281,6 +283,9 @@ def main(
             ``match_dense``); they are copied into ``features``.
         proposals: ``(features, matches)`` hloc files for the ``hloc_file``
             source (``patch2pix_refine``).
+        max_kps: keep at most this many keypoints per new image, those with
+            the largest summed score (hloc's ``match_dense`` argument);
+            matches to the others are dropped. ``None`` keeps all.
     Returns:
         The paths of the features and matches files.
     """
@@ -349,6 +354,7 @@ def main(
         min_score=q.get("min_score", 0.0),
         method=q.get("method", "cluster"),
         psize=q.get("psize", 48),
+        max_kps=max_kps,
     )
     n_kps = sum(len(k) for k, _ in keypoints.values())
     n_matches = sum(int((m >= 0).sum()) for m, _ in matches0)
