@@ -15,7 +15,13 @@ import pytest
 import skimage.data
 
 from p2p_hloc.confs import confs
-from p2p_hloc.io import PairsError, get_matches, names_to_pair
+from p2p_hloc.io import (
+    PairsError,
+    canonical_name,
+    get_matches,
+    names_to_pair,
+    parse_pairs,
+)
 from p2p_hloc.io.h5 import H5Error
 from p2p_hloc.io.raw import RawMatches, RawMatchesError
 from p2p_hloc.match_pairs import main
@@ -367,6 +373,71 @@ def test_bad_pairs_files(sift_run, tmp_path):
     assert (f.read_bytes(), m.read_bytes()) == before
     # the pair matched before the error is kept for the next run
     assert len(list((m.parent / (m.name + ".raw")).glob("*/*.npz"))) == 1
+
+
+def test_pairs_file_lines(tmp_path, logs):
+    """Names are read as HDF5 reads them back; every error names file:line."""
+    path = tmp_path / "pairs.txt"
+    path.write_text("./a.png x//y.png\n# c\nx/./y.png b/c.png/\nim#1.png a.png")
+    assert parse_pairs(path) == [
+        ("a.png", "x/y.png"),
+        ("x/y.png", "b/c.png"),
+        ("im#1.png", "a.png"),
+    ]
+    assert "2 lines name images in non-canonical form" in logs.text
+    assert "line 1: ./a.png x//y.png -> a.png x/y.png" in logs.text
+    for bad, why in [
+        ("../a.png", "'..'"),
+        ("x/../a.png", "'..'"),
+        ("/data/a.png", "absolute"),
+        ("./", "names no file"),
+    ]:
+        path.write_text(f"a.png b.png\n\n{bad} b.png\n")
+        with pytest.raises(PairsError, match=rf"pairs.txt:3: .*{why}"):
+            parse_pairs(path)
+    path.write_text("a.png b.png\nc.png d.png  # night\n")
+    with pytest.raises(PairsError, match="pairs.txt:2: a '#' comment must have"):
+        parse_pairs(path)
+    path.write_bytes("a.png b.png\n\nd\u00e9j\u00e0.png b.png\n".encode("latin-1"))
+    with pytest.raises(PairsError, match="pairs.txt:3: not UTF-8 text"):
+        parse_pairs(path)
+
+
+def check_canonical(features: Path, matches: Path, pairs) -> None:
+    """Every image and pair key is stored under its canonical name, once."""
+    with h5py.File(features, "r") as f:
+        images = set()
+        f.visititems(
+            lambda k, v: (
+                images.add(v.parent.name.strip("/"))
+                if isinstance(v, h5py.Dataset)
+                else None
+            )
+        )
+    assert images == {n for p in pairs for n in p}
+    assert all(canonical_name(n) == n for n in images)
+    assert set(h5_content(matches)) == {
+        f"{names_to_pair(*p)}/{k}"
+        for p in pairs
+        for k in ("matches0", "matching_scores0", "keypoints0", "keypoints1", "scores")
+    }
+
+
+def test_aliased_names_give_one_image(sift_run, tmp_path):
+    """``./a`` and ``a``, ``x//y`` and ``x/y`` are the same HDF5 group: one
+    image with one set of keypoints, every index within them."""
+    root, names, pairs, feats, matches = sift_run
+    aliased = write_pairs(
+        tmp_path / "pairs.txt",
+        [
+            f"./{names[0]} {names[1]}",
+            f"{names[0]} {names[2].replace('/', '//')}",
+            f"{names[1].replace('/', '/./')} {names[2]}",
+        ],
+    )
+    f, m = main(confs["sift"], aliased, root / "images", tmp_path)
+    check_hloc_files(f, m, pairs, root / "images")
+    check_canonical(f, m, pairs)
 
 
 def test_cli(sift_run, tmp_path):
