@@ -332,6 +332,7 @@ def main(
     proposals: Optional[Tuple[Path, Path]] = None,
     num_workers: int = 2,
     *,
+    max_kps: Optional[int] = None,
     device: Optional[str] = None,
     discard_raw: bool = False,
 ) -> Tuple[Path, Path]:
@@ -357,6 +358,9 @@ def main(
             ``match_dense``); they are copied into ``features``.
         proposals: ``(features, matches)`` hloc files for the ``hloc_file``
             source (``patch2pix_refine``).
+        max_kps: keep at most this many keypoints per new image, those with
+            the largest summed score (hloc's ``match_dense`` argument);
+            matches to the others are dropped. ``None`` keeps all.
         device: where the model runs (default: CUDA if available, else CPU).
         discard_raw: recompute the raw matches of a stopped run that used
             other settings (conf, checkpoint, proposals) instead of refusing.
@@ -435,6 +439,7 @@ def main(
         min_score=q.get("min_score", 0.0),
         method=q.get("method", "cluster"),
         psize=q.get("psize", 48),
+        max_kps=max_kps,
     )
     n_kps = sum(len(k) for k, _ in keypoints.values())
     n_matches = sum(int((m >= 0).sum()) for m, _ in matches0)

@@ -1,10 +1,12 @@
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import sift_h5
+from helpers_localization import assert_hloc_signature, sift_h5
 
 from p2p_hloc import localize_sfm, triangulation
 from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses
@@ -109,3 +111,74 @@ def test_bad_input_and_fallback(data, logs):
     np.testing.assert_allclose(poses[failing.split("/")[-1]][1], expected.translation)
     with open(f"{results}_logs.pkl", "rb") as f:
         assert pickle.load(f)["loc"][failing]["status"] == "fallback"
+
+
+HLOC_SIGNATURE = (  # hloc_interfaces.md, section 3.3
+    "reference_sfm, queries, retrieval, features, matches, results, "
+    "ransac_thresh=12, covisibility_clustering=False, prepend_camera_name=False, "
+    "config=None"
+)
+
+
+def test_signature_is_hlocs():
+    assert_hloc_signature(localize_sfm.main, HLOC_SIGNATURE)
+
+
+def test_hloc_positional_call_with_glob_and_camera_names(data):
+    """hloc's order, all ten arguments positional; the queries split into two
+    files read through hloc's glob; prepend_camera_name keeps the folder."""
+    queries = data["root"] / "queries"
+    queries.mkdir()
+    lines = data["queries"].read_text().splitlines()
+    (queries / "day_time_queries_with_intrinsics.txt").write_text(lines[0] + "\n")
+    (queries / "night_time_queries_with_intrinsics.txt").write_text(
+        "\n".join(lines[1:])
+    )
+    results = data["root"] / "out" / "positional.txt"  # folder created
+    localize_sfm.main(
+        pycolmap.Reconstruction(data["sfm"]),
+        queries / "*_time_queries_with_intrinsics.txt",
+        data["pairs_query"],
+        data["features"],
+        data["matches"],
+        results,
+        12,
+        False,
+        True,
+        {"estimation": {"ransac": {"min_num_trials": 200}}},
+    )
+    names = [line.split()[0] for line in results.read_text().splitlines()]
+    assert sorted(names) == sorted(line.split()[0] for line in lines)
+    assert all(n.startswith("query/") for n in names)
+    with open(f"{results}_logs.pkl", "rb") as f:
+        log = pickle.load(f)
+    assert log["config"]["estimation"]["ransac"] == dict(
+        max_error=12.0, min_num_trials=200
+    )
+
+
+def test_bad_config_is_refused(data):
+    with pytest.raises(ValueError, match="no attribute 'max_eror'"):
+        localize(
+            data, "bad_config.txt", config={"estimation": {"ransac": {"max_eror": 3}}}
+        )
+
+
+def test_cli(data):
+    args = [sys.executable, "-m", "p2p_hloc.localize_sfm", "--reference_sfm"]
+    args += [str(data["sfm"]), "--queries", str(data["queries"])]
+    for key in ("retrieval", "features", "matches"):
+        value = data["pairs_query" if key == "retrieval" else key]
+        args += [f"--{key}", str(value)]
+    results = data["root"] / "cli.txt"
+    ok = subprocess.run(args + ["--results", str(results)], capture_output=True)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert len(read_poses(results)) == 4
+    bad = subprocess.run(
+        args[:-2] + ["--matches", "missing.h5", "--results", "x.txt"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "localize_sfm.py: error: missing.h5 not found (--debug for the traceback)"
+    ]

@@ -132,13 +132,20 @@ def parse_queries(path: Path) -> List[Tuple[str, Dict]]:
     return queries
 
 
-def write_poses(path: Path, poses: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> Path:
+def write_poses(
+    path: Path,
+    poses: Dict[str, Tuple[np.ndarray, np.ndarray]],
+    prepend_camera_name: bool = False,
+) -> Path:
     """Write a results file: ``basename qw qx qy qz tx ty tz`` per query
-    (world-to-camera, quaternion w first), atomically."""
+    (world-to-camera, quaternion w first), atomically; ``prepend_camera_name``
+    writes ``parent/basename`` instead (hloc's option, for RobotCar)."""
     lines = []
     for name, (qvec, tvec) in poses.items():
         vals = " ".join(str(float(v)) for v in (*qvec, *tvec))
-        lines.append(f"{name.split('/')[-1]} {vals}")
+        parts = name.split("/")
+        name = "/".join(parts[-2:]) if prepend_camera_name else parts[-1]
+        lines.append(f"{name} {vals}")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
