@@ -10,6 +10,7 @@
 """
 
 import importlib
+import itertools
 import json
 import zipfile
 from functools import lru_cache
@@ -39,14 +40,18 @@ def read_image_sizes(
         ImageError: naming the missing images with their pairs, or an image
             whose header cannot be read.
     """
-    missing = [(p, n) for p in pairs for n in p if not (image_dir / n).is_file()]
+    names = sorted({n for p in pairs for n in p})
+    missing = {n for n in names if not (image_dir / n).is_file()}
     if missing:
+        examples = itertools.islice(
+            ((p, n) for p in pairs for n in p if n in missing), 5
+        )
         lines = "\n".join(
-            f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in missing[:5]
+            f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in examples
         )
         raise ImageError(f"{pairs_path}: {len(missing)} missing images, e.g.:\n{lines}")
     sizes = {}
-    for name in sorted({n for p in pairs for n in p}):
+    for name in names:
         try:
             with Image.open(image_dir / name) as image:
                 sizes[name] = image.size
@@ -249,10 +254,11 @@ def check_raw(
             elif names != (n0, n1):
                 problem = f"holds the pair {names}"
             elif stored != [sizes[n0], sizes[n1]]:
-                problem = (
-                    f"was computed on images of {stored[0]} and {stored[1]} px, "
-                    f"now {sizes[n0]} and {sizes[n1]}"
+                was, now = (
+                    " and ".join("x".join(map(str, wh)) for wh in two)
+                    for two in (stored, (sizes[n0], sizes[n1]))
                 )
+                problem = f"was computed on images of {was} px, now {now} px"
             else:
                 continue
         raise RawMatchesError(

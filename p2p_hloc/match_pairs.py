@@ -26,7 +26,6 @@ import pprint
 import shutil
 import sys
 from collections import OrderedDict, defaultdict
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -124,20 +123,12 @@ def holding_run_lock(func: Callable) -> Callable:
     return locked
 
 
-def write_empty(features: Path, matches: Path) -> None:
-    """Create ``features`` and ``matches`` as valid empty h5 files where they do
-    not exist (``matches`` is under the run's lock, ``features`` is shared)."""
-    for path in (features, matches):
-        lock = (
-            file_lock(path, "creating an empty file")
-            if path == features
-            else nullcontext()
-        )
-        with lock:
-            if not path.exists():
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                h5py.File(tmp, "w").close()
-                tmp.replace(path)
+def write_empty(path: Path) -> None:
+    """Create ``path`` as a valid empty h5 file if it does not exist."""
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        h5py.File(tmp, "w").close()
+        tmp.replace(path)
 
 
 def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
@@ -379,7 +370,9 @@ def main(
 
     all_pairs = unique_pairs(parse_pairs(pairs))
     if not all_pairs:
-        write_empty(features, matches)
+        with file_lock(features, "creating an empty features file"):
+            write_empty(features)
+        write_empty(matches)  # under the run's lock
         logger.info(
             "No pairs in %s: %s and %s hold no new entry.", pairs, features, matches
         )

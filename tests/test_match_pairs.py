@@ -3,9 +3,11 @@
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -425,6 +427,13 @@ def test_resume_refuses_other_settings(sift_run, tmp_path, monkeypatch):
         )
     monkeypatch.undo()
     assert len(raw_files(m)) == 1
+    # the images changed size since: the stored raw matches are not theirs
+    make_scene(tmp_path / "small", 3, size=(200, 150))
+    with pytest.raises(
+        RawMatchesError,
+        match="computed on images of 256x192 and 256x192 px, now 200x150",
+    ):
+        main(confs["sift"], root / "pairs.txt", tmp_path / "small", tmp_path, matches=m)
     other = {**confs["sift"], "model": {**confs["sift"]["model"], "ratio": 0.7}}
     with pytest.raises(
         RawMatchesError,
@@ -487,6 +496,11 @@ def test_same_file_for_features_and_matches(sift_run, tmp_path):
         main(confs["sift"], root / "pairs.txt", root / "images", None, feats, feats)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + crc
+
+
 def test_bad_pairs_files(sift_run, tmp_path):
     root, names, pairs, feats, matches = sift_run
     images, out = root / "images", tmp_path / "out"
@@ -533,6 +547,15 @@ def test_bad_pairs_files(sift_run, tmp_path):
         tmp_path / "broken.txt", [pairs[1], (names[0], "scene/im9.png")]
     )
     with pytest.raises(ImageError, match=r"im9.png"):
+        main(confs["sift"], broken, tmp_path / "images", out, f, m)
+    assert not raw_files(m)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+        + png_chunk(b"IEND", b"")
+    )
+    (tmp_path / "images" / "scene" / "im9.png").write_bytes(bomb)
+    with pytest.raises(ImageError, match=r"im9.png: Image size \(400000000 pixels\)"):
         main(confs["sift"], broken, tmp_path / "images", out, f, m)
     assert not raw_files(m)
     # a truncated image (its header is fine): named with its pair when read;
