@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Set, Tuple
 
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -78,11 +79,15 @@ def check_features(
         with open_h5(path) as f:
             for name, size in sizes.items():
                 try:
-                    if name not in f or "keypoints" not in f[name]:
+                    g = f.get(name)
+                    keypoints = (
+                        g.get("keypoints") if isinstance(g, h5py.Group) else None
+                    )
+                    if keypoints is None:
                         continue
-                    g = f[name]
-                    shape = g["keypoints"].shape
-                    stored = g["image_size"][()] if "image_size" in g else None
+                    shape = keypoints.shape
+                    stored = g.get("image_size")
+                    stored = None if stored is None else stored[()]
                 except (OSError, KeyError, RuntimeError, TypeError) as e:
                     raise H5Error(f"{path}: cannot read image {name!r}: {e}") from e
                 if len(shape) != 2 or shape[1] != 2:

@@ -1,8 +1,10 @@
 """Match a pairs file into hloc's features and matches h5 files.
 
-1. Pairs are parsed (blank lines and ``#`` comments skipped); self-pairs are
-   skipped and duplicates, in either direction, kept once (first orientation).
-   Every image must exist before anything runs.
+1. Pairs are parsed (blank lines and ``#`` comments skipped, names in
+   canonical form); self-pairs are skipped and duplicates, in either
+   direction, kept once (first orientation). The run holds the lock of the
+   matches file to the end. Every input is checked before anything runs
+   (``match_checks``): images, stored keypoints, done pairs, raw matches.
 2. Pairs already in ``matches`` (either direction) are skipped; the others are
    matched, images loaded by a DataLoader and the per-image work cached across
    consecutive pairs. Raw matches are stored per pair as they come
