@@ -274,3 +274,10 @@ def test_raw_query_points_need_a_dense_matches_file(data):
     with pytest.raises(InputError, match="has no raw matches"):
         localize(data, "raw_sift.txt", raw_query_points=True)
     assert not (data["root"] / "raw_sift.txt").exists()
+
+
+def test_unwritable_results_fail_before_any_query(data, logs):
+    (data["root"] / "blocker").write_text("a file, not a folder")
+    with pytest.raises(InputError, match="cannot write the results"):
+        localize(data, "blocker/results.txt")
+    assert "Localized" not in logs.text and "PnP" not in logs.text
