@@ -235,20 +235,22 @@ def main(
     ransac_thresh: float = 48.0,
     focal_length: float = INLOC_FOCAL,
     overwrite: bool = False,
+    seed: Optional[int] = 0,
 ) -> Path:
     """Localize the queries of ``retrieval`` (its first column) and write
     ``results`` (submission format, basenames) and ``{results}_logs.pkl``;
     hloc's signature. Matches: ``features`` + ``matches`` h5 files, or (both
     None) a ``matcher`` (or its ``conf`` and ``weights``) run on each pair on
     the fly. ``skip_matches``: pairs with fewer matches are not used (hloc's
-    InLoc notebook: 20). Returns the results path (hloc: None)."""
+    InLoc notebook: 20). ``seed``: the RANSAC seed (a rerun gives the same
+    file; None: unseeded). Returns the results path (hloc: None)."""
     results = Path(results)
     if results.exists() and not overwrite:
         logger.info("Results exist at %s: skipping.", results)
         return results
     dataset_dir = Path(dataset_dir)
     check_inputs(dataset_dir, retrieval, features, matches)
-    config = pose_config(ransac_thresh)
+    config = pose_config(ransac_thresh, seed=seed)
     retrieval_dict = parse_retrieval(retrieval)
     check_writable(results)
     if matcher is None and conf is not None:
@@ -314,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ransac_thresh", type=float, default=48.0)
     p.add_argument("--focal_length", type=float, default=INLOC_FOCAL)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="RANSAC seed; -1: unseeded")
     return p
 
 

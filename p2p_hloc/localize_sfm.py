@@ -32,10 +32,12 @@ from .io import (
     from_hloc_coords,
     get_keypoints,
     get_matches,
+    get_raw_matches,
     parse_queries,
     parse_retrieval,
     write_poses,
 )
+from .quantize import assign_fixed
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -58,14 +60,17 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def pose_config(
-    ransac_thresh: float, config: Optional[Dict[str, Any]] = None
+    ransac_thresh: float,
+    config: Optional[Dict[str, Any]] = None,
+    seed: Optional[int] = 0,
 ) -> Dict[str, Any]:
     """``{"estimation": ..., "refinement": ...}`` pycolmap options: the RANSAC
-    threshold, updated by ``config`` key by key; checked against pycolmap."""
-    merged = _merge(
-        {"estimation": {"ransac": {"max_error": float(ransac_thresh)}}},
-        config or {},
+    threshold and seed (None: pycolmap's unseeded -1), updated by ``config``
+    key by key; checked against pycolmap."""
+    ransac = dict(
+        max_error=float(ransac_thresh), random_seed=-1 if seed is None else seed
     )
+    merged = _merge({"estimation": {"ransac": ransac}}, config or {})
     unknown = set(merged) - {"estimation", "refinement"}
     try:
         if unknown:
@@ -128,7 +133,14 @@ def covisibility_clusters(
 
 
 class QueryLocalizer:
-    """2D-3D correspondences of a query from its matches, then PnP."""
+    """2D-3D correspondences of a query from its matches, then PnP.
+
+    ``raw``: instead of the query's keypoints, each raw query point of a dense
+    pair (``keypoints0``/``keypoints1``/``scores`` beside ``matches0``, with
+    ``score >= min_score``) is its own observation of the 3D point of the
+    database keypoint nearest to its raw partner, within ``radius`` px (the
+    keypoint quantization assigned it to, since database keypoints are fixed).
+    """
 
     def __init__(
         self,
@@ -136,10 +148,14 @@ class QueryLocalizer:
         features: Path,
         matches: Path,
         config: Dict[str, Any],
+        raw: bool = False,
+        radius: float = 4.0,
+        min_score: float = 0.0,
     ):
         self.rec = reconstruction
         self.features, self.matches = features, matches
         self.config = config
+        self.raw, self.radius, self.min_score = raw, radius, min_score
         self._point_ids: Dict[int, np.ndarray] = {}
 
     def point3D_ids(self, image_id: int) -> np.ndarray:
@@ -156,41 +172,74 @@ class QueryLocalizer:
 
     def correspondences(
         self, query: str, db_ids: Sequence[int]
-    ) -> Tuple[np.ndarray, np.ndarray, int]:
-        """Unique (query keypoint index, 3D point id) pairs and the number of
-        matches read; pairs missing from the match file are warned about."""
+    ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], int]:
+        """Query points ``(N, 2)`` (corner convention) with the ids of their
+        3D points ``(N,)`` (unique pairs), the query keypoint indices (None in
+        raw mode) and the number of matches read; pairs missing from the match
+        file are warned about."""
         found, num_matches = [], 0
         for i in db_ids:
             name = self.rec.images[i].name
             try:
-                m, _ = get_matches(self.matches, query, name)
+                read = self.raw_pair if self.raw else self.keypoint_pair
+                xy, ids = read(query, name, self.point3D_ids(i))
             except H5Error:
                 logger.warning("No matches for pair (%s, %s): skipped.", query, name)
                 continue
-            num_matches += len(m)
-            ids = self.point3D_ids(i)
-            m = m[m[:, 1] < len(ids)]
-            ids = ids[m[:, 1]]
+            num_matches += len(ids)
             valid = ids >= 0
-            found.append(np.stack([m[valid, 0], ids[valid]], -1))
+            found.append(np.concatenate([xy[valid], ids[valid, None]], -1))
         if not found:
-            return np.zeros(0, int), np.zeros(0, int), num_matches
-        pairs = np.unique(np.concatenate(found), axis=0)
-        return pairs[:, 0], pairs[:, 1], num_matches
+            return np.zeros((0, 2)), np.zeros(0, int), None, num_matches
+        rows = np.unique(np.concatenate(found), axis=0)
+        ids = rows[:, -1].astype(np.int64)
+        if self.raw:
+            return rows[:, :2], ids, None, num_matches
+        kp_idx = rows[:, 0].astype(np.int64)
+        keypoints = from_hloc_coords(get_keypoints(self.features, query))
+        return keypoints[kp_idx], ids, kp_idx, num_matches
+
+    def keypoint_pair(
+        self, query: str, name: str, point_ids: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Matched query keypoint indices ``(M, 1)`` and 3D point ids ``(M,)``
+        (-1: none) of a pair, from ``matches0``."""
+        m, _ = get_matches(self.matches, query, name)
+        m = m[m[:, 1] < len(point_ids)]
+        return m[:, :1].astype(np.float64), point_ids[m[:, 1]]
+
+    def raw_pair(
+        self, query: str, name: str, point_ids: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Raw query points ``(M, 2)`` (corner convention) and 3D point ids
+        ``(M,)`` (-1: none) of a pair."""
+        raw = get_raw_matches(self.matches, query, name)
+        if raw is None:
+            raise InputError(
+                f"pair ({query}, {name}) of {self.matches} has no raw matches "
+                "(keypoints0, keypoints1, scores): raw query points need a dense "
+                "matcher's matches file"
+            )
+        kq, kr, scores = raw
+        keep = scores >= self.min_score
+        ref = get_keypoints(self.features, name)[: len(point_ids)]
+        idx = assign_fixed(kr[keep], ref, self.radius)
+        ids = np.where(idx >= 0, point_ids[idx], -1)
+        return from_hloc_coords(kq[keep]), ids
 
     def localize(
         self, query: str, camera: pycolmap.Camera, db_ids: Sequence[int]
     ) -> Dict[str, Any]:
         """PnP from the matches to ``db_ids``: a log entry with ``ret`` (the
         pycolmap result or None)."""
-        keypoints = from_hloc_coords(get_keypoints(self.features, query))
-        kp_idx, p3d_ids, num_matches = self.correspondences(query, db_ids)
+        points2D, p3d_ids, kp_idx, num_matches = self.correspondences(query, db_ids)
         points3D = np.array([self.rec.points3D[j].xyz for j in p3d_ids]).reshape(-1, 3)
-        ret = estimate_pose(keypoints[kp_idx], points3D, camera, self.config)
+        ret = estimate_pose(points2D, points3D, camera, self.config)
         return dict(
             db=[self.rec.images[i].name for i in db_ids],
             num_matches=num_matches,
-            num_correspondences=len(kp_idx),
+            num_correspondences=len(points2D),
+            keypoints_query=points2D.astype(np.float32),
             keypoint_indices=kp_idx,
             points3D_ids=p3d_ids,
             num_inliers=0 if ret is None else int(ret["num_inliers"]),
@@ -268,6 +317,10 @@ def main(
     config: Optional[Dict[str, Any]] = None,
     *,
     overwrite: bool = False,
+    seed: Optional[int] = 0,
+    raw_query_points: bool = False,
+    radius: float = 4.0,
+    min_score: float = 0.0,
 ) -> Path:
     """Localize the queries of ``queries`` (``name MODEL W H params`` lines; a
     glob in the file name reads several files, e.g.
@@ -277,15 +330,18 @@ def main(
     ``config``: pycolmap options as dicts, ``{"estimation":
     AbsolutePoseEstimationOptions, "refinement": AbsolutePoseRefinementOptions}``,
     merged key by key into the defaults (``ransac_thresh`` is
-    ``estimation.ransac.max_error``). ``prepend_camera_name``: results name
-    queries ``camera/basename``. Returns the results path (hloc: None).
+    ``estimation.ransac.max_error``, ``seed`` its ``random_seed``: a rerun
+    gives the same file; None: unseeded). ``prepend_camera_name``: results
+    name queries ``camera/basename``. ``raw_query_points``: the query side is
+    not quantized (see ``QueryLocalizer``; ``radius`` and ``min_score`` as in
+    the matching conf's quantization). Returns the results path (hloc: None).
     """
     results = Path(results)
     if results.exists() and not overwrite:
         logger.info("Results exist at %s: skipping.", results)
         return results
     check_inputs(retrieval, features, matches)
-    config = pose_config(ransac_thresh, config)
+    config = pose_config(ransac_thresh, config, seed)
     query_list = read_queries(queries)
     retrieval_dict = parse_retrieval(retrieval)
     check_writable(results)
@@ -297,7 +353,9 @@ def main(
             f"reference model {reference_sfm} has no 3D points: triangulate first"
         )
     name_to_id = {image.name: i for i, image in rec.images.items() if image.has_pose}
-    localizer = QueryLocalizer(rec, features, matches, config)
+    localizer = QueryLocalizer(
+        rec, features, matches, config, raw_query_points, radius, min_score
+    )
 
     poses, logs = {}, {}
     failed, fallback = [], []
@@ -344,6 +402,9 @@ def main(
         ransac_thresh=ransac_thresh,
         covisibility_clustering=covisibility_clustering,
         config=config,
+        raw_query_points=raw_query_points,
+        radius=radius,
+        min_score=min_score,
     )
     return write_results(
         results,
@@ -406,6 +467,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--covisibility_clustering", action="store_true")
     p.add_argument("--prepend_camera_name", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="RANSAC seed; -1: unseeded")
+    p.add_argument(
+        "--raw_query_points",
+        action="store_true",
+        help="each raw query point of a dense matcher is its own observation",
+    )
+    p.add_argument("--radius", type=float, default=4.0)
+    p.add_argument("--min_score", type=float, default=0.0)
     return p
 
 

@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,12 @@ def test_hloc_positional_call(scene):
         log = pickle.load(f)
     assert {v["status"] for v in log["loc"].values()} == {"localized"}
     assert log["skip_matches"] == 20 and len(read_poses(results)) == 3
+
+
+def test_rerun_is_identical(scene):
+    """RANSAC is seeded: the same inputs give the same files, byte for byte."""
+    files = []
+    for _ in range(2):
+        results = run(scene, "rerun.txt", overwrite=True)
+        files.append((results.read_bytes(), Path(f"{results}_logs.pkl").read_bytes()))
+    assert files[0] == files[1]

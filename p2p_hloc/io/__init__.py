@@ -6,6 +6,7 @@ from .h5 import (  # noqa: F401
     from_hloc_coords,
     get_keypoints,
     get_matches,
+    get_raw_matches,
     list_h5_names,
     names_to_pair,
     to_hloc_coords,

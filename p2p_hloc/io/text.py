@@ -2,6 +2,7 @@
 
 import logging
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -108,27 +109,58 @@ def write_pairs(path: Path, pairs: Sequence[Tuple[str, str]]) -> Path:
     return Path(path)
 
 
+@lru_cache(maxsize=None)
+def camera_models() -> Dict[str, str]:
+    """``{model name: its parameters, e.g. "f, cx, cy"}`` of every camera model
+    pycolmap knows."""
+    import pycolmap
+
+    return {
+        name: pycolmap.Camera.create_from_model_name(1, name, 1.0, 1, 1).params_info
+        for name in pycolmap.CameraModelId.__members__
+        if name != "INVALID"
+    }
+
+
 def parse_queries(path: Path) -> List[Tuple[str, Dict]]:
     """``name MODEL W H params...`` lines -> ``[(name, camera_dict)]`` with
-    ``model``, ``width``, ``height``, ``params`` (pycolmap's Camera fields)."""
+    ``model``, ``width``, ``height``, ``params`` (pycolmap's Camera fields).
+
+    Blank lines and ``#`` comments are skipped. The model must be one of
+    pycolmap's (``camera_models``) with its number of parameters, the size
+    positive and the parameters finite; otherwise an error names the file and
+    line."""
     queries = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         f = line.split()
-        try:
-            cam = dict(
-                model=f[1],
-                width=int(f[2]),
-                height=int(f[3]),
-                params=np.array(f[4:], float),
-            )
-        except (IndexError, ValueError) as e:
+        where = f"{path}:{i}"
+        models = camera_models()
+        if len(f) < 4:
+            raise PairsError(f"{where}: expected 'name MODEL W H params...': {line!r}")
+        if f[1] not in models:
             raise PairsError(
-                f"{path}:{i}: expected 'name MODEL W H params...': {line!r}"
-            ) from e
-        queries.append((f[0], cam))
+                f"{where}: unknown camera model {f[1]!r} (pycolmap's models: "
+                f"{', '.join(models)})"
+            )
+        info = models[f[1]]
+        try:
+            width, height = int(f[2]), int(f[3])
+            params = np.array(f[4:], float)
+        except ValueError as e:
+            raise PairsError(f"{where}: {e}: {line!r}") from e
+        if width <= 0 or height <= 0:
+            raise PairsError(f"{where}: image size {width} x {height}: {line!r}")
+        if len(params) != len(info.split(",")) or not np.isfinite(params).all():
+            raise PairsError(
+                f"{where}: {f[1]} takes {len(info.split(','))} finite parameters "
+                f"({info}), got {len(params)}: {line!r}"
+            )
+        queries.append(
+            (f[0], dict(model=f[1], width=width, height=height, params=params))
+        )
     return queries
 
 
