@@ -330,8 +330,8 @@ class MatchWorker:
 class _Worker:
     """The driver's record of one actor."""
 
-    def __init__(self, index: int, actor, started):
-        self.index, self.actor, self.started = index, actor, started
+    def __init__(self, index: int, slot: int, actor, started):
+        self.index, self.slot, self.actor, self.started = index, slot, actor, started
         self.info: Optional[Dict[str, Any]] = None
         self.shard: Deque[Pair] = deque()
         self.calls: Deque[Tuple[Any, Pair]] = deque()  # (ref, pair), in call order
@@ -371,12 +371,31 @@ def _resources(ray, workers: Optional[int], device: Optional[str]):
     return workers, {"num_cpus": threads if share >= 1 else share}, threads, "cpu"
 
 
-def _shards(pairs: Sequence[Pair], workers: int) -> Deque[Deque[Pair]]:
-    """Consecutive runs of ``cache_order``: about four per worker, at most
-    ``MAX_SHARD`` pairs each (load balance against cache misses)."""
-    order = cache_order(pairs, CACHE_SIZE)
-    size = max(1, min(MAX_SHARD, math.ceil(len(order) / (4 * workers))))
-    return deque(deque(order[i : i + size]) for i in range(0, len(order), size))
+class _Shards:
+    """Consecutive runs of ``cache_order`` (about four per worker, at most
+    ``MAX_SHARD`` pairs), dealt out in one block of consecutive shards per
+    worker slot so that each worker walks its own stretch of the order: a
+    worker takes the next shard of its block, else the last shard of the
+    longest block."""
+
+    def __init__(self, pairs: Sequence[Pair], workers: int):
+        order = cache_order(pairs, CACHE_SIZE)
+        size = max(1, min(MAX_SHARD, math.ceil(len(order) / (4 * workers))))
+        shards = [deque(order[i : i + size]) for i in range(0, len(order), size)]
+        per = math.ceil(len(shards) / workers)
+        self.blocks = [deque(shards[i * per : (i + 1) * per]) for i in range(workers)]
+
+    def __len__(self) -> int:
+        return sum(map(len, self.blocks))
+
+    def take(self, slot: int) -> Optional[Deque[Pair]]:
+        if self.blocks[slot]:
+            return self.blocks[slot].popleft()
+        longest = max(self.blocks, key=len)
+        return longest.pop() if longest else None
+
+    def put_back(self, slot: int, shard: Deque[Pair]) -> None:
+        self.blocks[slot].appendleft(shard)
 
 
 def _cause(e: Exception) -> Exception:
@@ -420,7 +439,7 @@ def run_ray(
     actor_class = ray.remote(max_restarts=0, **options)(MatchWorker)
     weights = None if weights is None else Path(weights).resolve()
     args = (_absolute(conf), weights, Path(image_dir).resolve(), threads, device)
-    queue = _shards(pairs, workers)
+    queue = _Shards(pairs, workers)
     logger.info(
         "Matching %d pairs in %d shards on %d Ray workers (%s, %d torch threads).",
         len(pairs),
@@ -440,16 +459,17 @@ def run_ray(
         except ray.exceptions.RayTaskError as e:  # e.g. an ImageError
             raise _cause(e) from e
 
-    def start() -> None:
+    def start(slot: int) -> None:
         actor = actor_class.remote(*args)
-        pool.append(_Worker(next(count), actor, actor.start.remote()))
+        pool.append(_Worker(next(count), slot, actor, actor.start.remote()))
 
     def feed(w: _Worker) -> None:
         while len(w.calls) < QUEUED_CALLS:
             if not w.shard:
-                if not queue:
+                w.shard = queue.take(w.slot)
+                if w.shard is None:
+                    w.shard = deque()
                     return
-                w.shard = queue.popleft()
                 if isinstance(w.shard, _Retry):
                     logger.info(
                         "%s retries %d pairs of %s.", w, len(w.shard), w.shard.origin
@@ -491,13 +511,13 @@ def run_ray(
             len(unfinished),
         )
         if unfinished:
-            queue.appendleft(_Retry(unfinished, str(w)))
-        start()
+            queue.put_back(w.slot, _Retry(unfinished, str(w)))
+        start(w.slot)
 
     bar = tqdm(total=len(pairs), smoothing=0.1)
     try:
-        for _ in range(workers):
-            start()
+        for slot in range(workers):
+            start(slot)
         while len(done) < len(pairs):
             owner = {}
             for w in pool:

@@ -18,7 +18,7 @@ import torch
 from test_match_pairs import h5_content, write_pairs
 
 from p2p_hloc.confs import confs
-from p2p_hloc.executors import cache_order, load_order, run_pairs
+from p2p_hloc.executors import _Shards, cache_order, load_order, run_pairs
 from p2p_hloc.io.raw import RawMatches
 from p2p_hloc.match_pairs import main
 from p2p_hloc.preprocess import ImageError
@@ -134,6 +134,19 @@ def test_cache_order_loads_each_image_once_for_shared_db():
     # a chain with no reuse at all keeps working
     chain = [(f"i{k}", f"i{k + 1}") for k in range(10)] + [("i3", "i3")]
     assert sorted(cache_order(chain, 2)) == sorted(chain)
+
+
+def test_ray_shards_give_each_worker_a_stretch_of_the_cache_order():
+    """Worker slot 0 takes its own block (the start of the cache order) and
+    then the last shard of slot 1's block."""
+    pairs = [(f"q{i}", f"db{j:02d}") for i in range(2) for j in range(20)]
+    order, shards = cache_order(pairs, 4), _Shards(pairs, 2)
+    assert len(shards) == 8
+    own = [p for _ in range(4) for p in shards.take(0)]
+    assert own == order[:20]
+    assert list(shards.take(0)) == order[-5:]
+    rest = [p for slot in (1, 1, 0) for p in shards.take(slot)]
+    assert rest == order[20:35] and shards.take(1) is None
 
 
 def test_dataloader_workers_exit_with_killed_parent(scene, tmp_path):
