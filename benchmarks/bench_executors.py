@@ -141,7 +141,7 @@ def main() -> None:
                 print(res.stderr[-3000:], file=sys.stderr)
                 continue
             rows[mode] = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"done {mode}", file=sys.stderr)
+            print(f"done {mode}: {json.dumps(rows[mode])}", file=sys.stderr)
     print(
         f"{args.queries} queries x {args.db} db images at {args.size}x"
         f"{args.size * 3 // 4}, Patch2Pix fp32, golden weights, {os.cpu_count()} cores"

@@ -77,8 +77,9 @@ def run_pairs(
             local Ray instance is started and stopped by the run; a Ray
             already initialised by the caller is used as it is).
         num_workers: DataLoader processes that read images (local).
-        device: torch device (default: CUDA when available; the Ray executor
-            uses CUDA when the cluster has GPUs).
+        device: torch device (default: CUDA when available). Ray workers
+            each use their own GPU when the cluster has GPUs, unless
+            ``device`` is ``cpu``.
     """
     if not pairs:
         return
@@ -366,8 +367,8 @@ def _resources(ray, workers: Optional[int], device: Optional[str]):
         raise ValueError(f"workers must be at least 1, got {workers}")
     share = cpus / workers
     threads = max(1, int(share))
-    if use_gpu:
-        return workers, {"num_gpus": 1, "num_cpus": 1}, threads, device or "cuda"
+    if use_gpu:  # Ray shows each worker its own GPU only
+        return workers, {"num_gpus": 1, "num_cpus": 1}, threads, "cuda"
     return workers, {"num_cpus": threads if share >= 1 else share}, threads, "cpu"
 
 

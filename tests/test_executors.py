@@ -104,6 +104,19 @@ def killed_run(root: Path, out: Path, *flags: str, env=None) -> List[int]:
     return [int(pid) for pid in log.read_text().split()]
 
 
+def sift_run(root: Path, out: Path, executor: str) -> None:
+    """SIFT on ``root``'s scene into ``out``; Ray with 2 workers."""
+    workers = 2 if executor == "ray" else None
+    main(
+        confs["sift"],
+        root / "pairs.txt",
+        root / "images",
+        out,
+        executor=executor,
+        workers=workers,
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray instance with 2 CPUs; yields its address."""
@@ -118,7 +131,7 @@ def scene(tmp_path_factory):
     executor in ``root/local``."""
     root = tmp_path_factory.mktemp("scene")
     make_images(root, 8, size=(480, 360), step=2)
-    main(confs["sift"], root / "pairs.txt", root / "images", root / "local")
+    sift_run(root, root / "local", "local")
     return root
 
 
@@ -164,14 +177,7 @@ def test_dataloader_workers_exit_with_killed_parent(scene, tmp_path):
 
 
 def test_ray_equals_local_sift(scene, ray_cluster, tmp_path):
-    main(
-        confs["sift"],
-        scene / "pairs.txt",
-        scene / "images",
-        tmp_path,
-        executor="ray",
-        workers=2,
-    )
+    sift_run(scene, tmp_path, "ray")
     assert_same_files(scene / "local", tmp_path, SIFT)
 
 
@@ -211,14 +217,7 @@ def test_ray_worker_killed_mid_run(scene, ray_cluster, tmp_path, monkeypatch, lo
             os.kill(pids[0], signal.SIGKILL)
 
     monkeypatch.setattr(RawMatches, "write", write_then_kill)
-    main(
-        confs["sift"],
-        scene / "pairs.txt",
-        scene / "images",
-        tmp_path,
-        executor="ray",
-        workers=2,
-    )
+    sift_run(scene, tmp_path, "ray")
     assert sorted(written) == sorted(set(written)) and len(written) == PAIRS
     text = logs.text
     assert re.search(r"died: .*Its [1-9]\d* unfinished pairs go back", text)
@@ -234,14 +233,7 @@ def test_driver_killed_resumes_with_either_executor(
     SIGKILL after two pairs; the other executor finishes it."""
     flags = ["--executor", first, "--workers", "2"] if first == "ray" else []
     killed_run(scene, tmp_path, *flags, env={"RAY_ADDRESS": ray_cluster})
-    main(
-        confs["sift"],
-        scene / "pairs.txt",
-        scene / "images",
-        tmp_path,
-        executor=then,
-        workers=2 if then == "ray" else None,
-    )
+    sift_run(scene, tmp_path, then)
     assert not (tmp_path / f"{SIFT}_pairs.h5.raw").exists()
     assert_same_files(scene / "local", tmp_path, SIFT)
 
