@@ -58,7 +58,6 @@ from .match_checks import (
     raw_provenance,
     read_image_sizes,
 )
-from .preprocess import ImageError
 from .quantize import quantize_matches
 from .runtime import tune_malloc
 
