@@ -265,6 +265,7 @@ def main(
     num_workers: int = 2,
     *,
     max_kps: Optional[int] = None,
+    device: Optional[str] = None,
 ) -> Tuple[Path, Path]:
     """Match the pairs of ``pairs`` and write hloc's features and matches.
 
@@ -286,6 +287,7 @@ def main(
         max_kps: keep at most this many keypoints per new image, those with
             the largest summed score (hloc's ``match_dense`` argument);
             matches to the others are dropped. ``None`` keeps all.
+        device: ``cpu`` or ``cuda`` (default: CUDA when available).
     Returns:
         The paths of the features and matches files.
     """
@@ -330,7 +332,7 @@ def main(
             model_conf.update(
                 features=proposals[0], matches=proposals[1], image_dir=image_dir
             )
-        matcher = build_matcher({**conf, "model": model_conf}, weights)
+        matcher = build_matcher({**conf, "model": model_conf}, weights, device)
         logger.info("Matching %d pairs (%d resumed).", len(todo), len(new) - len(todo))
         match_raw(matcher, todo, image_dir, raw, num_workers)
 
@@ -412,6 +414,7 @@ def parser() -> argparse.ArgumentParser:
         help="hloc files read by the hloc_file source (patch2pix_refine)",
     )
     p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
         "--precision",

@@ -56,3 +56,21 @@ def sift_h5(
                 matches, name0, name1, matches0, (matches0 > -1).astype(float)
             )
     return features, matches
+
+
+def assert_hloc_signature(fn, spec: str) -> None:
+    """``fn`` starts with hloc's parameters ``spec`` (``"a, b, c=1"`` as in
+    the spec: names, order, defaults, all positional-or-keyword); any further
+    parameter is keyword-only."""
+    import ast
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())
+    expected = [p.strip().partition("=") for p in spec.split(",")]
+    assert [p.name for p in params[: len(expected)]] == [e[0] for e in expected]
+    for p, (name, eq, default) in zip(params, expected):
+        assert p.kind == p.POSITIONAL_OR_KEYWORD, name
+        want = ast.literal_eval(default) if eq else inspect.Parameter.empty
+        assert p.default == want and type(p.default) is type(want), name
+    extra = params[len(expected) :]
+    assert all(p.kind == p.KEYWORD_ONLY for p in extra), extra
