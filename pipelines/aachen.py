@@ -21,6 +21,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Dict, Tuple
 
 from p2p_hloc import (
     colmap_from_nvm,
@@ -50,6 +51,13 @@ def retrieval_pairs(pairs_dir: Path, loc_pairs: Path) -> Path:
     return loc_pairs
 
 
+def matcher(args: argparse.Namespace) -> Tuple[Dict, str]:
+    """The conf at ``--precision`` and the method name of the results file
+    (the conf name, ``-<precision>`` unless fp32)."""
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    return with_precision(confs[args.conf], args.precision), args.conf + suffix
+
+
 def map_and_localize(
     args: argparse.Namespace, sift_sfm: Path, results_prefix: str
 ) -> Path:
@@ -57,14 +65,14 @@ def map_and_localize(
     covisibility pairs, mapping, triangulation, retrieval pairs, localization
     matching and localization. Returns the results file."""
     dataset, outputs = args.dataset, args.outputs
+    matcher_conf, method = matcher(args)
+    model = dict(weights=args.weights, device=args.device)
+
     images = dataset / "images_upright/"
-    reference_sfm = outputs / f"sfm_{args.conf}"  # the SfM model we build
+    reference_sfm = outputs / f"sfm_{matcher_conf['output']}"  # the model we build
     sfm_pairs = outputs / f"pairs-db-covis{args.num_covis}.txt"
     loc_pairs = outputs / f"pairs-query-netvlad{args.num_loc}.txt"
-    results = outputs / f"{results_prefix}_hloc_{args.conf}_netvlad{args.num_loc}.txt"
-
-    matcher_conf = with_precision(confs[args.conf], args.precision)
-    model = dict(weights=args.weights, device=args.device)
+    results = outputs / f"{results_prefix}_hloc_{method}_netvlad{args.num_loc}.txt"
 
     pairs_from_covisibility.main(sift_sfm, sfm_pairs, num_matched=args.num_covis)
     features, sfm_matches = match_dense.main(
@@ -94,18 +102,6 @@ def map_and_localize(
         ransac_thresh=args.ransac_thresh,
         covisibility_clustering=args.covisibility_clustering,
     )
-    if args.plots:
-        from p2p_hloc import visualize
-
-        visualize.main(
-            results,
-            images,
-            reference_sfm,
-            outputs / "plots",
-            features=features,
-            matches=loc_matches,
-            num_queries=args.plots,
-        )
     return results
 
 
@@ -126,7 +122,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def parser(dataset: str, pairs: str, outputs: str) -> argparse.ArgumentParser:
     """The flags of hloc's Aachen pipelines and ours (``--pairs``, the matcher
-    and its model, the paper's localization settings, ``--plots``)."""
+    and its model, the paper's localization settings)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--dataset",
@@ -172,7 +168,6 @@ def parser(dataset: str, pairs: str, outputs: str) -> argparse.ArgumentParser:
         help="PnP RANSAC threshold in pixels, default: %(default)s",
     )
     p.add_argument("--covisibility_clustering", action="store_true")
-    add_plots_arg(p)
     return p
 
 
@@ -185,16 +180,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["fp32", "bf16", "fp16"],
         default="fp32",
         help="Patch2Pix regressor precision, default: %(default)s",
-    )
-
-
-def add_plots_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--plots",
-        type=int,
-        default=0,
-        metavar="N",
-        help="write localization pictures of N queries to <outputs>/plots",
     )
 
 

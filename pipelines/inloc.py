@@ -18,22 +18,21 @@ from pathlib import Path
 from p2p_hloc import localize_inloc, logger, match_dense, tune_malloc
 from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
-from p2p_hloc.match_pairs import with_precision
 
-from .aachen import add_model_args, add_plots_arg
+from .aachen import add_model_args, matcher
 
 
 def run(args: argparse.Namespace) -> Path:
     """hloc's InLoc steps; returns the results file."""
     dataset, outputs = args.dataset, args.outputs
     loc_pairs = args.pairs / f"pairs-query-{args.retrieval}.txt"
-    results = outputs / f"InLoc_hloc_{args.conf}_{args.retrieval}.txt"
+    matcher_conf, method = matcher(args)
+    results = outputs / f"InLoc_hloc_{method}_{args.retrieval}.txt"
     for path in (dataset / "database/cutouts", dataset / "query", loc_pairs):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: see datasets/README.md")
     outputs.mkdir(parents=True, exist_ok=True)
 
-    matcher_conf = with_precision(confs[args.conf], args.precision)
     features, matches = match_dense.main(
         matcher_conf,
         loc_pairs,
@@ -53,18 +52,6 @@ def run(args: argparse.Namespace) -> Path:
         skip_matches=args.skip_matches,
         **extra,
     )
-    if args.plots:
-        from p2p_hloc import visualize
-
-        visualize.main(
-            results,
-            dataset,
-            None,
-            outputs / "plots",
-            features=features,
-            matches=matches,
-            num_queries=args.plots,
-        )
     logger.info("Submit %s to visuallocalization.net (InLoc).", results)
     return results
 
@@ -112,7 +99,6 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="query focal length in pixels (default: localize_inloc's, 3136)",
     )
-    add_plots_arg(p)
     return p
 
 

@@ -1,0 +1,154 @@
+"""The Aachen v1.0 / v1.1 and InLoc pipelines end to end on generated datasets
+in the benchmarks' layouts (SIFT proposals: no weights), each query checked
+against its ground truth, the results file against the submission format."""
+
+import importlib
+import inspect
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2p_hloc.confs import confs
+from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses
+from p2p_hloc.io import parse_queries, parse_retrieval
+from pipelines import aachen, aachen_v1_1, inloc
+
+# measured on the generated scenes (SIFT, 320 x 240): Aachen 0.7-2.5 cm and
+# 0.06-0.19 deg, InLoc 0.2-0.4 cm and 0.01-0.03 deg; a wrong pose is off by
+# metres. Bounds: about 4x the largest measured error.
+MAX_ERROR = {"aachen": (0.1, 1.0), "inloc": (0.02, 0.15)}
+
+
+def check_results(results: Path, queries, ground_truth: Path, benchmark: str):
+    """Submission format (``basename qw qx qy qz tx ty tz``, one line per
+    query, unit quaternions), no fallback pose, every query within the
+    benchmark's finest threshold and within MAX_ERROR."""
+    lines = results.read_text().splitlines()
+    assert len(lines) == len(queries)
+    for line in lines:
+        fields = line.split()
+        assert len(fields) == 8 and "/" not in fields[0], line
+        assert abs(np.linalg.norm(np.array(fields[1:5], float)) - 1) < 1e-6
+    assert sorted(read_poses(results)) == sorted(q.split("/")[-1] for q in queries)
+    with open(f"{results}_logs.pkl", "rb") as f:
+        logs = pickle.load(f)
+    assert not logs["fallback"] and not logs["failed"]
+    report = evaluate(results, ground_truth, THRESHOLDS[benchmark])
+    assert list(report["recall"].values())[0] == 1.0, report["errors"]
+    max_t, max_r = MAX_ERROR[benchmark]
+    for error in report["errors"].values():
+        assert error["translation_m"] < max_t and error["rotation_deg"] < max_r
+
+
+def hloc_calls(dataset: Path, outputs: Path, conf_name: str) -> list:
+    """The step calls of hloc's Aachen_v1_1/pipeline_loftr.py with its default
+    arguments (hloc_interfaces.md 2.5, 3.5), with our file names: the model
+    ``sfm_<output>`` and the method name in the results file."""
+    conf = confs[conf_name]
+    images = dataset / "images_upright/"
+    sift_sfm = dataset / "3D-models/aachen_v_1_1"
+    reference_sfm = outputs / f"sfm_{conf['output']}"
+    sfm_pairs = outputs / "pairs-db-covis20.txt"
+    loc_pairs = outputs / "pairs-query-netvlad50.txt"
+    results = outputs / f"Aachen-v1.1_hloc_{conf_name}_netvlad50.txt"
+    features = outputs / f"feats_{conf['output']}.h5"
+    sfm_matches = outputs / f"{conf['output']}_pairs-db-covis20.h5"
+    queries = dataset / "queries/*_time_queries_with_intrinsics.txt"
+    return [
+        ("pairs_from_covisibility", (sift_sfm, sfm_pairs), dict(num_matched=20)),
+        (
+            "match_dense",
+            (conf, sfm_pairs, images, outputs),
+            dict(max_kps=8192, overwrite=False),
+        ),
+        (
+            "triangulation",
+            (reference_sfm, sift_sfm, images, sfm_pairs, features, sfm_matches),
+            {},
+        ),
+        (
+            "match_dense",
+            (conf, loc_pairs, images, outputs),
+            dict(features=features, max_kps=None, matches=sfm_matches),
+        ),
+        (
+            "localize_sfm",
+            (reference_sfm, queries, loc_pairs, features, sfm_matches, results),
+            dict(covisibility_clustering=False),
+        ),
+    ]
+
+
+def bound(fn, args, kwargs) -> dict:
+    """All arguments of a call, defaults included, by parameter name."""
+    call = inspect.signature(fn).bind(*args, **kwargs)
+    call.apply_defaults()
+    return dict(call.arguments)
+
+
+STEPS = ("pairs_from_covisibility", "match_dense", "triangulation", "localize_sfm")
+REAL = {name: importlib.import_module(f"p2p_hloc.{name}").main for name in STEPS}
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Wraps the steps' ``main``: records every call (its bound arguments),
+    then runs the real step."""
+    calls = []
+    for name in STEPS:
+        module = importlib.import_module(f"p2p_hloc.{name}")
+
+        def record(*args, _name=name, _real=module.main, **kwargs):
+            calls.append((_name, bound(_real, args, kwargs)))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "main", record)
+    return calls
+
+
+def test_aachen_v1_1_makes_hlocs_calls(aachen_v1_1_layout, tmp_path, recorder):
+    """hloc's dense-matcher script with our modules: the same step calls, in
+    the same order, with the same arguments; every query localized."""
+    dataset = aachen_v1_1_layout["dataset"]
+    outputs = tmp_path / "outputs"
+    argv = ["--dataset", str(dataset), "--pairs", str(aachen_v1_1_layout["pairs"])]
+    args = aachen.parser("", "", "").parse_args(
+        argv + ["--outputs", str(outputs), "--conf", "sift"]
+    )
+    results = aachen_v1_1.run(args)
+
+    expected = hloc_calls(dataset, outputs, "sift")
+    assert [name for name, _ in recorder] == [name for name, _, _ in expected]
+    for (name, got), (_, args, kwargs) in zip(recorder, expected):
+        assert got == bound(REAL[name], args, kwargs), name
+    queries = [
+        q
+        for time in ("day", "night")
+        for q, _ in parse_queries(
+            dataset / f"queries/{time}_time_queries_with_intrinsics.txt"
+        )
+    ]
+    check_results(results, queries, aachen_v1_1_layout["ground_truth"], "aachen")
+
+
+def test_aachen_v1_0(aachen_v1_0_layout, tmp_path):
+    dataset = aachen_v1_0_layout["dataset"]
+    argv = ["--dataset", str(dataset), "--pairs", str(aachen_v1_0_layout["pairs"])]
+    argv += ["--outputs", str(tmp_path), "--conf", "sift"]
+    results = aachen.run(aachen.parser("", "", "").parse_args(argv))
+    assert results == tmp_path / "Aachen_hloc_sift_netvlad50.txt"
+    assert (tmp_path / "sfm_sift" / "points3D.bin").is_file()  # from the NVM
+    queries = list(parse_retrieval(tmp_path / "pairs-query-netvlad50.txt"))
+    check_results(results, queries, aachen_v1_0_layout["ground_truth"], "aachen")
+
+
+def test_inloc(inloc_layout, tmp_path):
+    argv = ["--dataset", str(inloc_layout["dataset"]), "--pairs"]
+    argv += [str(inloc_layout["pairs"]), "--outputs", str(tmp_path), "--conf", "sift"]
+    argv += ["--focal_length", str(inloc_layout["focal_length"])]  # small queries
+    results = inloc.run(inloc.parser().parse_args(argv))
+    assert results == tmp_path / "InLoc_hloc_sift_netvlad40.txt"
+    queries = list(parse_retrieval(inloc_layout["pairs"] / "pairs-query-netvlad40.txt"))
+    check_results(results, queries, inloc_layout["ground_truth"], "inloc")
