@@ -31,6 +31,7 @@ from p2p_hloc import (
     pairs_from_covisibility,
     triangulation,
     tune_malloc,
+    visualize,
 )
 from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
@@ -102,6 +103,16 @@ def map_and_localize(
         ransac_thresh=args.ransac_thresh,
         covisibility_clustering=args.covisibility_clustering,
     )
+    if args.plots:
+        visualize.main(
+            results,
+            images,
+            reference_sfm,
+            outputs / "plots",
+            features,
+            loc_matches,
+            num_queries=args.plots,
+        )
     return results
 
 
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def parser(dataset: str, pairs: str, outputs: str) -> argparse.ArgumentParser:
     """The flags of hloc's Aachen pipelines and ours (``--pairs``, the matcher
-    and its model, the paper's localization settings)."""
+    and its model, the paper's localization settings, ``--plots``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--dataset",
@@ -168,7 +179,19 @@ def parser(dataset: str, pairs: str, outputs: str) -> argparse.ArgumentParser:
         help="PnP RANSAC threshold in pixels, default: %(default)s",
     )
     p.add_argument("--covisibility_clustering", action="store_true")
+    add_plots_arg(p)
     return p
+
+
+def add_plots_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument(
+        "--plots",
+        type=int,
+        default=default,
+        metavar="N",
+        help="localization pictures of the N worst queries (largest pose error, "
+        "else fewest inliers) in <outputs>/plots, default: %(default)s",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

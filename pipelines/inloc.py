@@ -15,11 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2p_hloc import localize_inloc, logger, match_dense, tune_malloc
+from p2p_hloc import localize_inloc, logger, match_dense, tune_malloc, visualize
 from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
 
-from .aachen import add_model_args, matcher
+from .aachen import add_model_args, add_plots_arg, matcher
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -52,6 +52,16 @@ def run(args: argparse.Namespace) -> Path:
         skip_matches=args.skip_matches,
         **extra,
     )
+    if args.plots:
+        visualize.main(
+            results,
+            dataset,
+            None,
+            outputs / "plots",
+            features,
+            matches,
+            num_queries=args.plots,
+        )
     logger.info("Submit %s to visuallocalization.net (InLoc).", results)
     return results
 
@@ -99,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="query focal length in pixels (default: localize_inloc's, 3136)",
     )
+    add_plots_arg(p)
     return p
 
 

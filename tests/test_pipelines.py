@@ -8,11 +8,14 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 
+from p2p_hloc import visualize
 from p2p_hloc.confs import confs
-from p2p_hloc.eval.poses import THRESHOLDS, evaluate, read_poses
-from p2p_hloc.io import parse_queries, parse_retrieval
+from p2p_hloc.console import run_cli
+from p2p_hloc.eval.poses import THRESHOLDS, evaluate, qvec_to_matrix, read_poses
+from p2p_hloc.io import get_matches, parse_queries, parse_retrieval
 from pipelines import aachen, aachen_v1_1, inloc
 
 # measured on the generated scenes (SIFT, 320 x 240): Aachen 0.7-2.5 cm and
@@ -133,18 +136,58 @@ def test_aachen_v1_1_makes_hlocs_calls(aachen_v1_1_layout, tmp_path, recorder):
     check_results(results, queries, aachen_v1_1_layout["ground_truth"], "aachen")
 
 
-def test_aachen_v1_0(aachen_v1_0_layout, tmp_path):
+def test_aachen_v1_0_and_its_pictures(aachen_v1_0_layout, tmp_path):
     dataset = aachen_v1_0_layout["dataset"]
     argv = ["--dataset", str(dataset), "--pairs", str(aachen_v1_0_layout["pairs"])]
-    argv += ["--outputs", str(tmp_path), "--conf", "sift"]
+    argv += ["--outputs", str(tmp_path), "--conf", "sift", "--plots", "1"]
     results = aachen.run(aachen.parser("", "", "").parse_args(argv))
     assert results == tmp_path / "Aachen_hloc_sift_netvlad50.txt"
     assert (tmp_path / "sfm_sift" / "points3D.bin").is_file()  # from the NVM
     queries = list(parse_retrieval(tmp_path / "pairs-query-netvlad50.txt"))
     check_results(results, queries, aachen_v1_0_layout["ground_truth"], "aachen")
 
+    # pictures: the query with the fewest inliers; every query in the table
+    logs = visualize.read_logs(results)
+    fewest = min(queries, key=lambda q: logs["loc"][q]["num_inliers"])
+    stem = fewest.replace("/", "-").rsplit(".", 1)[0]
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == [f"00_{stem}.png"]
+    table = Path(f"{results}_queries.tsv").read_text().splitlines()
+    assert table[0].split("\t") == ["query", "status", "inliers", "matches"]
+    assert sorted(line.split("\t")[0] for line in table[1:]) == sorted(queries)
 
-def test_inloc(inloc_layout, tmp_path):
+    # green: the matches of a PnP inlier correspondence, which the true pose
+    # projects within a pixel or two; red: the others
+    features = tmp_path / f"feats_{confs['sift']['output']}.h5"
+    matches = tmp_path / f"{confs['sift']['output']}_pairs-db-covis20.h5"
+    rec = pycolmap.Reconstruction(tmp_path / f"sfm_{confs['sift']['output']}")
+    gt = read_poses(aachen_v1_0_layout["ground_truth"])
+    cameras = dict(
+        parse_queries(dataset / "queries/day_time_queries_with_intrinsics.txt")
+    )
+    query = next(iter(cameras))
+    log = logs["loc"][query]
+    pairs = visualize.sfm_inliers(query, log, rec, features, matches)
+    assert [p.name for p in pairs] == log["db"]
+    inliers = set()
+    for pair in pairs:
+        image = rec.find_image_with_name(pair.name)
+        m, _ = get_matches(matches, query, pair.name)
+        ids = np.array([image.points2D[j].point3D_id for j in m[pair.inliers, 1]])
+        xyz = np.array([rec.points3D[i].xyz for i in ids]).reshape(-1, 3)
+        qvec, t = gt[query.split("/")[-1]]
+        uv = pycolmap.Camera(**cameras[query]).img_from_cam(
+            xyz @ qvec_to_matrix(qvec).T + t
+        )
+        assert (
+            np.median(np.linalg.norm(uv - pair.keypoints_query[pair.inliers], axis=1))
+            < 2
+        )
+        inliers |= set(zip(m[pair.inliers, 0], ids))
+        assert pair.inliers.sum() > 10 and (~pair.inliers).sum() > 0
+    assert len(inliers) == log["num_inliers"]
+
+
+def test_inloc_and_its_pictures(inloc_layout, tmp_path):
     argv = ["--dataset", str(inloc_layout["dataset"]), "--pairs"]
     argv += [str(inloc_layout["pairs"]), "--outputs", str(tmp_path), "--conf", "sift"]
     argv += ["--focal_length", str(inloc_layout["focal_length"])]  # small queries
@@ -152,3 +195,33 @@ def test_inloc(inloc_layout, tmp_path):
     assert results == tmp_path / "InLoc_hloc_sift_netvlad40.txt"
     queries = list(parse_retrieval(inloc_layout["pairs"] / "pairs-query-netvlad40.txt"))
     check_results(results, queries, inloc_layout["ground_truth"], "inloc")
+
+    # pictures from the command line, with the ground truth: the pose error
+    # in the table; green matches are those the estimated pose explains
+    out = tmp_path / "plots"
+    features = tmp_path / f"feats_{confs['sift']['output']}.h5"
+    matches = tmp_path / f"{confs['sift']['output']}_pairs-query-netvlad40.h5"
+    argv = ["--results", str(results), "--image_dir", str(inloc_layout["dataset"])]
+    argv += ["--features", str(features), "--matches", str(matches)]
+    argv += ["--ground_truth", str(inloc_layout["ground_truth"]), "--out", str(out)]
+    argv += ["--names", queries[1], "--num_db", "1"]
+    assert run_cli(visualize.parser(), visualize.run, argv) == 0
+    assert len(list(out.glob("*.png"))) == 1
+    rows = [
+        l.split("\t") for l in Path(f"{results}_queries.tsv").read_text().splitlines()
+    ]
+    assert rows[0][-2:] == ["translation_m", "rotation_deg"]
+    assert all(float(r[-2]) < MAX_ERROR["inloc"][0] for r in rows[1:])
+    logs = visualize.read_logs(results)
+    log = logs["loc"][queries[1]]
+    pairs = visualize.inloc_inliers(
+        queries[1],
+        log,
+        inloc_layout["dataset"],
+        features,
+        matches,
+        logs["ransac_thresh"],
+        inloc_layout["focal_length"],
+    )
+    total = sum(int(p.inliers.sum()) for p in pairs)
+    assert abs(total - log["num_inliers"]) <= 0.05 * log["num_inliers"]
