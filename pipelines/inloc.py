@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> Path:
     localize_inloc.main(
         dataset,
         loc_pairs,
-        features=features,
-        matches=matches,
-        results=results,
+        features,
+        matches,
+        results,
         skip_matches=args.skip_matches,
         **extra,
     )
