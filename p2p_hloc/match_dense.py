@@ -130,6 +130,18 @@ def max_kps_arg(value: str) -> Optional[int]:
     return n
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--device``, ``--precision``: how the model runs."""
+    p.add_argument("--weights", type=Path, help="Patch2Pix checkpoint")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="Patch2Pix regressor precision (default: %(default)s)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m p2p_hloc.match_dense", description=__doc__.split("\n")[0]
@@ -152,14 +164,7 @@ def parser() -> argparse.ArgumentParser:
         help="keypoints kept per image, or none (default: %(default)s)",
     )
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--weights", type=Path, help="Patch2Pix checkpoint")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="Patch2Pix regressor precision (default: %(default)s)",
-    )
+    add_model_args(p)
     p.add_argument(
         "--proposals",
         type=Path,

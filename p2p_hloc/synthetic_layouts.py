@@ -34,6 +34,7 @@ from .console import run_cli
 from .io import write_pairs, write_poses
 from .pairs_from_covisibility import covisible_pairs
 from .synthetic import (
+    DB_POSES,
     FOCAL_RATIO,
     View,
     _nearest,
@@ -48,11 +49,6 @@ from .synthetic import (
 logger = logging.getLogger("p2p_hloc")
 
 NIGHT = np.array([0.45, 0.5, 0.65])  # RGB gain of the night queries
-DB_POSES = [  # two rows of four cameras looking into the room
-    ((x, 0.0, z), yaw, 0.0)
-    for z in (1.0, 3.0)
-    for x, yaw in ((-3, 15), (-1, -20), (1, 20), (3, -15))
-]
 
 
 def camera(view: View, camera_id: int) -> pycolmap.Camera:

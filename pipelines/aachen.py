@@ -35,6 +35,7 @@ from p2p_hloc import (
 )
 from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
+from p2p_hloc.match_dense import add_model_args
 from p2p_hloc.match_pairs import with_precision
 
 QUERIES = "queries/*_time_queries_with_intrinsics.txt"
@@ -131,47 +132,42 @@ def run(args: argparse.Namespace) -> Path:
     return results
 
 
-def parser(dataset: str, pairs: str, outputs: str) -> argparse.ArgumentParser:
-    """The flags of hloc's Aachen pipelines and ours (``--pairs``, the matcher
-    and its model, the paper's localization settings, ``--plots``)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_parser(
+    description: str, dataset: str, pairs: str, outputs: str, conf: str
+) -> argparse.ArgumentParser:
+    """``--dataset``, ``--outputs`` (hloc's), ``--pairs``, ``--conf`` and the
+    model's flags, with these defaults."""
+    p = argparse.ArgumentParser(description=description)
+    for flag, default, what in (
+        ("--dataset", dataset, "Path to the dataset"),
+        ("--outputs", outputs, "Path to the output directory"),
+        ("--pairs", pairs, "hloc's pairs folder (retrieval pairs)"),
+    ):
+        p.add_argument(
+            flag, type=Path, default=Path(default), help=f"{what}, default: %(default)s"
+        )
     p.add_argument(
-        "--dataset",
-        type=Path,
-        default=Path(dataset),
-        help="Path to the dataset, default: %(default)s",
-    )
-    p.add_argument(
-        "--outputs",
-        type=Path,
-        default=Path(outputs),
-        help="Path to the output directory, default: %(default)s",
-    )
-    p.add_argument(
-        "--num_covis",
-        type=int,
-        default=20,
-        help="Number of image pairs for SfM, default: %(default)s",
-    )
-    p.add_argument(
-        "--num_loc",
-        type=int,
-        default=50,
-        help="Number of image pairs for loc, default: %(default)s",
-    )
-    p.add_argument(
-        "--pairs",
-        type=Path,
-        default=Path(pairs),
-        help="hloc's pairs folder (retrieval pairs), default: %(default)s",
-    )
-    p.add_argument(
-        "--conf",
-        choices=list(confs),
-        default="patch2pix_aachen",
-        help="matcher conf, default: %(default)s",
+        "--conf", choices=list(confs), default=conf, help="default: %(default)s"
     )
     add_model_args(p)
+    return p
+
+
+def parser(
+    dataset: str, pairs: str, outputs: str, description: str = __doc__
+) -> argparse.ArgumentParser:
+    """The flags of hloc's Aachen pipelines and ours (``--pairs``, the matcher
+    and its model, the paper's localization settings, ``--plots``)."""
+    p = common_parser(
+        description.splitlines()[0], dataset, pairs, outputs, "patch2pix_aachen"
+    )
+    for flag, default, what in (
+        ("--num_covis", 20, "Number of image pairs for SfM"),
+        ("--num_loc", 50, "Number of image pairs for loc"),
+    ):
+        p.add_argument(
+            flag, type=int, default=default, help=f"{what}, default: %(default)s"
+        )
     p.add_argument(
         "--ransac_thresh",
         type=float,
@@ -191,18 +187,6 @@ def add_plots_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
         metavar="N",
         help="localization pictures of the N worst queries (largest pose error, "
         "else fewest inliers) in <outputs>/plots, default: %(default)s",
-    )
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--weights``, ``--device``, ``--precision``: how the model runs."""
-    p.add_argument("--weights", type=Path, help="Patch2Pix checkpoint")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="Patch2Pix regressor precision, default: %(default)s",
     )
 
 

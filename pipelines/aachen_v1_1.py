@@ -30,5 +30,7 @@ def run(args: argparse.Namespace) -> Path:
 
 if __name__ == "__main__":
     tune_malloc()
-    p = parser("datasets/aachen_v1.1", "pairs/aachen_v1.1", "outputs/aachen_v1.1")
+    p = parser(
+        "datasets/aachen_v1.1", "pairs/aachen_v1.1", "outputs/aachen_v1.1", __doc__
+    )
     sys.exit(run_cli(p, run))

@@ -30,11 +30,12 @@ from p2p_hloc import (
 from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
 from p2p_hloc.eval import poses as pose_eval
+from p2p_hloc.match_dense import add_model_args
 from p2p_hloc.match_pairs import with_precision
 from p2p_hloc.synthetic import generate_scene
 from p2p_hloc.weights import WeightsNotFoundError, get_weights
 
-from .aachen import add_model_args, add_plots_arg
+from .aachen import add_plots_arg
 
 PROPOSALS = {"patch2pix": "patch2pix", "sift": "sift", "lightglue": "lightglue_aliked"}
 

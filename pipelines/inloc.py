@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 from p2p_hloc import localize_inloc, logger, match_dense, tune_malloc, visualize
-from p2p_hloc.confs import confs
 from p2p_hloc.console import run_cli
 
-from .aachen import add_model_args, add_plots_arg, matcher
+from .aachen import add_plots_arg, common_parser, matcher
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -67,37 +66,18 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--dataset",
-        type=Path,
-        default=Path("datasets/inloc"),
-        help="Path to the dataset, default: %(default)s",
-    )
-    p.add_argument(
-        "--pairs",
-        type=Path,
-        default=Path("pairs/inloc"),
-        help="hloc's pairs folder, default: %(default)s",
-    )
-    p.add_argument(
-        "--outputs",
-        type=Path,
-        default=Path("outputs/inloc"),
-        help="Path to the output directory, default: %(default)s",
+    p = common_parser(
+        __doc__.splitlines()[0],
+        "datasets/inloc",
+        "pairs/inloc",
+        "outputs/inloc",
+        "patch2pix_inloc",
     )
     p.add_argument(
         "--retrieval",
         default="netvlad40",
         help="retrieval pairs pairs-query-<retrieval>.txt, default: %(default)s",
     )
-    p.add_argument(
-        "--conf",
-        choices=list(confs),
-        default="patch2pix_inloc",
-        help="matcher conf, default: %(default)s",
-    )
-    add_model_args(p)
     p.add_argument(
         "--skip_matches",
         type=int,
