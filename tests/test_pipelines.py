@@ -225,3 +225,43 @@ def test_inloc_and_its_pictures(inloc_layout, tmp_path):
     )
     total = sum(int(p.inliers.sum()) for p in pairs)
     assert abs(total - log["num_inliers"]) <= 0.05 * log["num_inliers"]
+
+
+def test_one_spelling_for_flags():
+    """hloc's snake_case flags in every command of the steps and pipelines,
+    --device/--precision wherever a model runs, old spellings hidden."""
+    from p2p_hloc import (
+        colmap_from_nvm,
+        match_dense,
+        pairs_from_covisibility,
+        reconstruction,
+        synthetic_layouts,
+        triangulation,
+    )
+    from pipelines import demo, hpatches
+
+    parsers = {
+        "match_dense": match_dense.parser(),
+        "triangulation": triangulation.parser(),
+        "reconstruction": reconstruction.parser(),
+        "colmap_from_nvm": colmap_from_nvm.parser(),
+        "pairs_from_covisibility": pairs_from_covisibility.parser(),
+        "synthetic_layouts": synthetic_layouts.parser(),
+        "visualize": visualize.parser(),
+        "aachen": aachen.parser("", "", ""),
+        "inloc": inloc.parser(),
+        "demo": demo.parser(),
+        "hpatches": hpatches.parser(),
+    }
+    for name, p in parsers.items():
+        flags = [f for a in p._actions for f in a.option_strings if f.startswith("--")]
+        assert all("-" not in f[2:] for f in flags), (name, flags)
+        if name in ("match_dense", "aachen", "inloc", "demo", "hpatches"):
+            assert {"--device", "--precision", "--weights"} <= set(flags), name
+    help_text = triangulation.parser().format_help()
+    assert "--reference_sfm_model" in help_text and "--reference_model" not in help_text
+    args = hpatches.parser().parse_args(
+        ["--dataset", "d", "--outputs", "o", "--ransac_threshold", "3"]
+    )
+    assert args.ransac_thresh == 3.0
+    assert "--ransac_threshold" not in hpatches.parser().format_help()
