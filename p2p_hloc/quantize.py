@@ -13,6 +13,11 @@ unassigned point closer than ``radius`` to it, and the keypoint is the mean of
 its points. A cluster is therefore at most ``2 * radius`` wide, even on chains
 of points that are pairwise close.
 
+``max_kps`` keeps the ``max_kps`` keypoints of each built image with the
+largest summed score (ties to the smaller index), in their order; raw points
+of the dropped ones get no keypoint (-1), before the pairs are made
+one-to-one.
+
 ``ImmatchQuantizer`` reproduces the Patch2Pix authors' version exactly
 (image-matching-toolbox ``quantize_keypoints``): a running midpoint inside
 48-px cells, dependent on the order of the pairs. It is offered for parity.
@@ -232,6 +237,31 @@ def _ids_immatch(
     return {n: (q.get(n), s) for n, s in sums.items()}, ids
 
 
+def top_keypoints(scores: np.ndarray, max_kps: Optional[int]) -> np.ndarray:
+    """``(K,)`` int64 new index of each keypoint when only the ``max_kps`` with
+    the largest ``scores`` are kept, in their order (ties to the smaller
+    index); -1 for the dropped ones. ``None`` keeps all."""
+    k = len(scores)
+    if max_kps is None or max_kps >= k:
+        return np.arange(k, dtype=np.int64)
+    keep = np.zeros(k, bool)
+    keep[np.lexsort((np.arange(k), -np.asarray(scores, np.float64)))[:max_kps]] = True
+    return np.where(keep, np.cumsum(keep) - 1, -1)
+
+
+def _keep_top(
+    keypoints: Keypoints, ids: List[List[np.ndarray]], pairs, max_kps: Optional[int]
+) -> Keypoints:
+    """``keypoints`` cut to ``max_kps`` per image, ``ids`` remapped in place."""
+    remap = {n: top_keypoints(s, max_kps) for n, (_, s) in keypoints.items()}
+    for pair, pair_ids in zip(pairs, ids):
+        for side, name in enumerate(pair):
+            if name in remap:
+                i = pair_ids[side]
+                pair_ids[side] = np.where(i >= 0, remap[name][i], -1)
+    return {n: (k[remap[n] >= 0], s[remap[n] >= 0]) for n, (k, s) in keypoints.items()}
+
+
 def quantize_matches(
     pairs: List[Tuple[str, str]],
     raw: List[dict],
@@ -240,6 +270,7 @@ def quantize_matches(
     min_score: float = 0.0,
     method: str = "cluster",
     psize: float = 48,
+    max_kps: Optional[int] = None,
 ) -> Tuple[Keypoints, List[Tuple[np.ndarray, np.ndarray]]]:
     """Shared keypoints and one-to-one matches from raw pair matches.
 
@@ -251,6 +282,9 @@ def quantize_matches(
         min_score: raw matches with a lower score are dropped first.
         method: ``cluster`` (``cluster_points``) or ``immatch``
             (``ImmatchQuantizer``).
+        max_kps: keep at most this many keypoints per built image, those
+            with the largest summed score (hloc's ``match_dense`` argument);
+            ``None`` keeps all.
     Returns:
         ``{name: (keypoints (K, 2), scores (K,))}`` of the built images and,
         per pair, ``matches0`` int32 ``(N0,)`` (-1: unmatched) and
@@ -269,6 +303,8 @@ def quantize_matches(
         keypoints, ids = _ids_immatch(pairs, raw, fixed, radius, psize)
     else:
         raise ValueError(f"unknown quantization method {method!r}")
+    if max_kps is not None:
+        keypoints = _keep_top(keypoints, ids, pairs, max_kps)
     matches = []
     for (n0, _), r, (ids0, ids1) in zip(pairs, raw, ids):
         n = len(fixed[n0]) if n0 in fixed else len(keypoints[n0][0])

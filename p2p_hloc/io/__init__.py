@@ -16,6 +16,7 @@ from .h5 import (  # noqa: F401
 from .raw import RawMatches, RawMatchesError  # noqa: F401
 from .text import (  # noqa: F401
     PairsError,
+    canonical_name,
     parse_pairs,
     parse_queries,
     parse_retrieval,

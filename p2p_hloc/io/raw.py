@@ -77,8 +77,35 @@ class RawMatches:
         path = self.root / "pending.json"
         if not path.is_file():
             return set(), set()
-        data = json.loads(path.read_text())
-        return set(data["names"]), {tuple(p) for p in data["pairs"]}
+        try:
+            data = json.loads(path.read_text())
+            return set(data["names"]), {(p[0], p[1]) for p in data["pairs"]}
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise RawMatchesError(
+                f"corrupt {path} ({type(e).__name__}: {e}); it lists what a run "
+                "stopped while writing its outputs was adding: delete it to resume "
+                "(the keypoints that run already wrote are then kept as they are)"
+            ) from e
+
+    def meta(self) -> Optional[dict]:
+        """What produced the stored matches (``set_meta``), or ``None``."""
+        path = self.root / "meta.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise RawMatchesError(
+                f"corrupt {path} ({e}); delete the folder {self.root} to recompute "
+                "its pairs"
+            ) from e
+
+    def set_meta(self, meta: dict) -> None:
+        """Record what produces the stored matches (JSON data), atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.replace(tmp, self.root / "meta.json")
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,5 +1,6 @@
 """hloc's text files: pairs, retrieval lists, queries with intrinsics, results."""
 
+import logging
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -7,29 +8,90 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+logger = logging.getLogger("p2p_hloc")
+
 
 class PairsError(ValueError):
     """A malformed line in a pairs or queries file."""
 
 
-def parse_pairs(path: Path) -> List[Tuple[str, str]]:
-    """``name0 name1`` lines; blank lines and ``#`` comments are skipped.
+def canonical_name(name: str) -> str:
+    """An image name as HDF5 (and so hloc) reads it back: ``./a.png`` and
+    ``x//y.png`` name the groups ``a.png`` and ``x/y.png``, but hloc's pair
+    keys (``names_to_pair``) would differ. Removes ``.`` and empty components.
 
-    Image names may not contain whitespace (hloc's format splits on it); a line
-    with other than two fields raises an error naming the file and line.
+    Raises:
+        ValueError: for an absolute name, a ``..`` component (outside the
+            image folder, or another spelling of a name) or an empty name.
     """
-    pairs = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    if name.startswith("/"):
+        raise ValueError(f"{name!r} is an absolute path (names are relative)")
+    parts = name.split("/")
+    if ".." in parts:
+        raise ValueError(f"{name!r} has a '..' component")
+    canonical = "/".join(p for p in parts if p not in ("", "."))
+    if not canonical:
+        raise ValueError(f"{name!r} names no file")
+    return canonical
+
+
+def _lines(path: Path) -> List[str]:
+    """The lines of a UTF-8 text file; an error names the file and line."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PairsError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "save the file as UTF-8"
+        ) from e
+    return text.splitlines()
+
+
+def parse_pairs(path: Path) -> List[Tuple[str, str]]:
+    """``name0 name1`` lines; blank lines and lines starting with ``#`` are
+    skipped. Names are returned in canonical form (``canonical_name``).
+
+    Image names may not contain whitespace (hloc's format splits on it) and a
+    ``#`` after the names is not a comment (hloc reads it as a third field);
+    errors name the file and line.
+    """
+    pairs, rewritten = [], []
+    for i, line in enumerate(_lines(path), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split()
+        if len(fields) > 2 and fields[2].startswith("#"):
+            raise PairsError(
+                f"{path}:{i}: a '#' comment must have a line of its own (hloc's "
+                f"pairs format has no comments after the names): {line!r}"
+            )
         if len(fields) != 2:
             raise PairsError(
                 f"{path}:{i}: expected 'name0 name1', got {len(fields)} fields: {line!r} "
                 "(names with spaces are not supported by hloc's pairs format)"
             )
-        pairs.append((fields[0], fields[1]))
+        try:
+            pair = tuple(canonical_name(n) for n in fields)
+        except ValueError as e:
+            raise PairsError(f"{path}:{i}: {e}") from e
+        if pair != tuple(fields):
+            rewritten.append((i, fields, pair))
+        pairs.append(pair)
+    if rewritten:
+        i, fields, pair = rewritten[0]
+        logger.warning(
+            "%s: %d lines name images in non-canonical form, read as HDF5 reads "
+            "them back (e.g. line %d: %s -> %s); hloc's own tools look pairs up "
+            "as written, so write the names this way.",
+            path,
+            len(rewritten),
+            i,
+            " ".join(fields),
+            " ".join(pair),
+        )
     return pairs
 
 
