@@ -15,6 +15,7 @@ coordinates the corner convention (the centre of the top-left pixel is (0.5, 0.5
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,6 +26,7 @@ import pycolmap
 import scipy.io
 from scipy.spatial.transform import Rotation
 
+from .console import run_cli
 from .eval.poses import qvec_to_matrix, read_poses
 from .io import from_hloc_coords, parse_queries, write_pairs, write_poses
 
@@ -562,19 +564,39 @@ def generate_inloc_scene(
 
 
 def main(
-    output: Path, inloc: bool = False, num_queries: int = 4, seed: int = 0
+    output: Path,
+    inloc: bool = False,
+    num_queries: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
+    clusters: int = 1,
 ) -> Path:
     """Generate a scene (``inloc`` for the InLoc layout) into ``output``."""
-    fn = generate_inloc_scene if inloc else generate_scene
-    fn(output, num_queries=num_queries, seed=seed)
+    if inloc:
+        generate_inloc_scene(
+            output, num_queries=num_queries, seed=seed, overwrite=overwrite
+        )
+    else:
+        generate_scene(
+            output,
+            num_queries=num_queries,
+            seed=seed,
+            overwrite=overwrite,
+            clusters=clusters,
+        )
     return Path(output)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--inloc", action="store_true")
+    p.add_argument("--num_queries", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--clusters", type=int, choices=[1, 2], default=1)
+    return p
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--inloc", action="store_true")
-    parser.add_argument("--num_queries", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    sys.exit(run_cli(parser(), lambda args: main(**vars(args))))
