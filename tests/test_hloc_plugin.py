@@ -116,14 +116,12 @@ def test_register_and_run(fake_hloc, golden_weights, tmp_path):
     # same as our matcher on the same input, shifted to integer pixel centres
     net = model.net
     ref, _, _ = load_image(path, None)  # 64x48: no resize
-    feats0 = net.extract_features(ref[None])
-    feats1 = net.extract_features(ref.flip(-1)[None])
     with torch.no_grad():
-        pred = net.forward_features(feats0, feats1)
+        pred = net({"image0": ref[None], "image1": ref.flip(-1)[None]})
     keep = pred["scores"] > 0.0
     keep &= pred["scores"] >= 0.25
     torch.testing.assert_close(
-        out["keypoints0"], (pred["matches"][keep, :2] - 0.5).float(), atol=1e-3, rtol=0
+        out["keypoints0"], (pred["keypoints0"][keep] - 0.5).float(), atol=1e-3, rtol=0
     )
 
     # registering twice is harmless
