@@ -32,7 +32,8 @@ class FeatRegressNet(nn.Module):
     (4 offsets ``x1, y1, x2, y2`` and a confidence).
 
     Layer indices follow the official ``conv.*`` / ``fc.*`` Sequentials.
-    ``precision``: ``'fp32'`` or an autocast mode (``'bf16'``, ``'fp16'``).
+    ``precision``: ``'fp32'`` or an autocast mode (``'bf16'``, ``'fp16'``),
+    set by ``Patch2Pix.precision``.
     """
 
     chunk = 64  # proposals per batch at inference: cache-sized, changes no result
@@ -68,17 +69,9 @@ class FeatRegressNet(nn.Module):
         self.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout
         self._fast: Dict = {}  # layout -> (version_key, FastRegressor)
 
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self._precision = check_precision(value)
-
     def autocast(self, device: torch.device) -> ContextManager:
         """The autocast context of ``precision`` (a no-op for fp32)."""
-        dtype = PRECISIONS[self.precision]
+        dtype = PRECISIONS[check_precision(self.precision)]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
