@@ -62,7 +62,9 @@ def make_model_class(base: type) -> type:
         def _init(self, conf):
             self.net = load_network(
                 conf["weights"], device="cpu", coarse_only=conf["coarse_only"]
-            )
+            ).requires_grad_(
+                False
+            )  # inference only: the fast CPU forms apply
 
         def _forward(self, data):
             pred = self.net({"image0": data["image0"], "image1": data["image1"]})

@@ -175,17 +175,24 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: Patch2Pix, dataset: Dataset, conf: Dict, inliers_only: bool = False
+    model: Patch2Pix,
+    dataset: Dataset,
+    conf: Dict,
+    inliers_only: bool = False,
+    frozen: Optional[FrozenStage] = None,
 ) -> Dict[str, float]:
     """Sampson errors (squared px) of the refined NCNet proposals in inference
     mode (no expansion, regressors in eval mode) over a dataset.
 
     ``*_inlier`` averages over the proposals whose coarse error is below the
     mid geometric threshold (those the regressors learn to refine); with
-    ``inliers_only`` only those are refined (faster)."""
+    ``inliers_only`` only those are refined (faster). ``frozen``: the frozen
+    stage of ``dataset`` to use (and fill, if it caches), e.g. across epochs
+    (by default one without cache)."""
     was_training = any(p.requires_grad for p in model.regress_mid.parameters())
     model.eval()
-    frozen = FrozenStage(model, {**conf, "cache_features": False})
+    if frozen is None:
+        frozen = FrozenStage(model, {**conf, "cache_features": False})
     errors = {"coarse": [], "mid": [], "fine": []}
     for i in range(len(dataset)):
         item = dataset[i]
@@ -288,6 +295,7 @@ def main(
         optim.load_state_dict(ckpt["optim"])
         sched.load_state_dict(ckpt["lr_scheduler"])
     frozen = FrozenStage(model, conf)
+    val_frozen = FrozenStage(model, conf)  # caches when the conf says so
     log = Logger(output_dir)
     best_vals = [float("inf"), 0.0, float("inf"), 0.0]  # official entries
     steps_per_epoch = -(-len(dataset) // conf["batch_size"])
@@ -321,7 +329,7 @@ def main(
                 log.log(row)
         sched.step()
         if val_dataset is not None:
-            res = evaluate(model, val_dataset, conf)
+            res = evaluate(model, val_dataset, conf, frozen=val_frozen)
             logger.info("Epoch %d validation: %s", epoch + 1, res)
             write_val(output_dir / "val.csv", {"epoch": epoch, **res})
             log.log({"step": (epoch + 1) * steps_per_epoch, **res}, "val")
