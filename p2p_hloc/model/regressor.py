@@ -7,7 +7,7 @@ turns its outputs into refined matches and confidences.
 """
 
 import contextlib
-from typing import ContextManager, Dict, List, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,7 +76,7 @@ class FeatRegressNet(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
-    def _fast_form(self, layout: Layout = None) -> FastRegressor:
+    def _fast_form(self, layout: Optional[Layout] = None) -> FastRegressor:
         """The fast form for ``layout``, rebuilt when a weight changes."""
         key = version_key(self)
         cached = self._fast.get(layout)
