@@ -35,7 +35,6 @@ import torch
 
 from . import logger
 from .confs import confs
-from .preprocess import MEAN, STD
 
 MODULE = "hloc.matchers.patch2pix"
 HLOC_CONFS = ("patch2pix", "patch2pix_aachen", "patch2pix_inloc", "ncnet")
@@ -61,9 +60,10 @@ def hloc_conf(name: str) -> dict:
 def make_model_class(base: type) -> type:
     """The hloc model: ``[1, C, H, W]`` images in [0, 1] (sides multiples of
     16) -> ``keypoints0``, ``keypoints1`` in the resized frame with hloc's
-    integer pixel centres, and ``scores``."""
+    integer pixel centres, and ``scores`` (``score > threshold`` and
+    ``>= min_score``)."""
+    from .io import to_hloc_coords
     from .matchers.patch2pix import load_network
-    from .model import select_matches
 
     class Patch2Pix(base):
         default_conf = {
@@ -76,33 +76,26 @@ def make_model_class(base: type) -> type:
 
         def _init(self, conf):
             self.net = load_network(
-                self.conf["weights"], device="cpu", coarse_only=self.conf["coarse_only"]
-            )
-            self.register_buffer(
-                "mean", torch.tensor(MEAN)[:, None, None], persistent=False
-            )
-            self.register_buffer(
-                "std", torch.tensor(STD)[:, None, None], persistent=False
-            )
-
-        def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-            if image.shape[1] == 1:
-                image = image.expand(-1, 3, -1, -1)
-            return (image - self.mean) / self.std
+                conf["weights"], device="cpu", coarse_only=conf["coarse_only"]
+            ).requires_grad_(
+                False
+            )  # inference only: the fast CPU forms apply
 
         def _forward(self, data):
-            feats0 = self.net.extract_features(self._normalize(data["image0"]))
-            feats1 = self.net.extract_features(self._normalize(data["image1"]))
-            pred = self.net.forward_features(
-                feats0, feats1, coarse_only=self.conf["coarse_only"]
+            pred = self.net({"image0": data["image0"], "image1": data["image1"]})
+            scores = pred["scores"]
+            keep = (scores > self.conf["threshold"]) & (
+                scores >= self.conf["min_score"]
             )
-            pred = select_matches(pred, threshold=self.conf["threshold"])
-            keep = pred["scores"] >= self.conf["min_score"]
+
+            def hloc_coords(xy: torch.Tensor) -> torch.Tensor:
+                xy = to_hloc_coords(xy[keep].cpu().double().numpy())
+                return torch.from_numpy(xy).float()
+
             return {
-                # corner convention (Patch2Pix) -> hloc's integer pixel centres
-                "keypoints0": (pred["keypoints0"][keep] - 0.5).float(),
-                "keypoints1": (pred["keypoints1"][keep] - 0.5).float(),
-                "scores": pred["scores"][keep].float(),
+                "keypoints0": hloc_coords(pred["keypoints0"]),
+                "keypoints1": hloc_coords(pred["keypoints1"]),
+                "scores": scores[keep].float().cpu(),
             }
 
     Patch2Pix.__module__ = MODULE

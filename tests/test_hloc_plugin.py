@@ -17,7 +17,6 @@ import textwrap
 
 import h5py
 import numpy as np
-import pycolmap
 import pytest
 import torch
 from conftest import align_rows
@@ -25,7 +24,7 @@ from helpers_localization import sift_h5
 from PIL import Image
 
 from p2p_hloc import match_pairs, triangulation
-from p2p_hloc.io import list_h5_names, write_pairs
+from p2p_hloc.io import write_pairs
 
 BASE_MODEL = """
 import inspect
