@@ -16,8 +16,8 @@ from p2p_hloc.io import (
     write_keypoints,
     write_matches,
 )
-from p2p_hloc.io.h5 import H5Error, find_pair, open_h5
-from p2p_hloc.io.raw import RawMatches, RawMatchesError
+from p2p_hloc.io.h5 import H5Error, check_features, find_pair, open_h5
+from p2p_hloc.io.raw import RAW_KEYS, RawMatches, RawMatchesError
 
 
 def test_names_to_pair():
@@ -81,22 +81,50 @@ def test_parse_pairs(tmp_path):
 
 
 def test_raw_matches(tmp_path):
+    """The store writes the public raw-match format (hloc's convention) and
+    reads it back checked; a stray temporary file is ignored."""
     raw = RawMatches(tmp_path / "raw")
-    assert raw.find("a", "b") is None
-    data = {
-        "keypoints0": np.ones((3, 2)),
-        "keypoints1": np.zeros((3, 2)),
-        "scores": np.ones(3),
+    assert raw.find("a", "b") is None and raw.empty() and raw.meta() == {}
+    pred = {  # a matcher's output: corner convention
+        "keypoints0": np.array([[0.5, 0.5], [10.25, 3.5], [1, 2]], np.float32),
+        "keypoints1": np.zeros((3, 2), np.float32),
+        "scores": np.ones(3, np.float32),
+        "size0": np.array([640, 480]),
+        "size1": np.array([320, 240]),
     }
-    raw.write("a", "b", data)
-    assert raw.find("b", "a") == ("a", "b")
-    np.testing.assert_array_equal(raw.read("a", "b")["keypoints0"], data["keypoints0"])
-    # a stray temporary file from a killed write is ignored
+    raw.write("a", "b", pred)
+    assert raw.find("b", "a") == ("a", "b") and not raw.empty()
+    data = raw.read("a", "b")
+    np.testing.assert_array_equal(data["keypoints0"], [[0, 0], [9.75, 3], [0.5, 1.5]])
+    assert data["keypoints0"].dtype == np.float32
+    with np.load(raw.path("a", "b")) as f:  # the public format, as stored
+        assert sorted(f.files) == sorted(RAW_KEYS)
+        assert str(f["name0"]) == "a" and f["size1"].tolist() == [320, 240]
     raw.path("c", "d").parent.mkdir(parents=True, exist_ok=True)
     raw.path("c", "d").with_name(raw.path("c", "d").name + ".tmp").write_bytes(b"x")
     assert raw.find("c", "d") is None
     raw.path("c", "d").write_bytes(b"truncated")
     with pytest.raises(RawMatchesError, match=raw.path("c", "d").name):
         raw.read("c", "d")
+    raw.set_meta({"conf": {"output": "x"}, "weights": "abc"})
+    assert raw.meta() == {"conf": {"output": "x"}, "weights": "abc"}
+    (raw.root / "meta.json").write_text("{")
+    with pytest.raises(RawMatchesError, match="meta.json"):
+        raw.meta()
     raw.remove()
-    assert not (tmp_path / "raw").exists()
+    assert not (tmp_path / "raw").exists() and raw.empty()
+
+
+def test_check_features(tmp_path):
+    feats = tmp_path / "f.h5"
+    write_keypoints(feats, "db/a.jpg", np.ones((3, 2)), (640, 480))
+    write_keypoints(feats, "q.jpg", np.ones((1, 2)), (64, 48))
+    assert check_features(feats) == {"db/a.jpg": (640, 480), "q.jpg": (64, 48)}
+    assert check_features(feats, ["q.jpg", "nope.jpg"]) == {"q.jpg": (64, 48)}
+    with h5py.File(feats, "a") as f:
+        del f["q.jpg/image_size"]
+    with pytest.raises(H5Error, match=r"f.h5: image 'q.jpg' has no image_size"):
+        check_features(feats, ["q.jpg"])
+    feats.write_bytes(b"garbage")
+    with pytest.raises(H5Error, match="f.h5"):
+        check_features(feats)

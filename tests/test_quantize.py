@@ -6,6 +6,8 @@ from p2p_hloc.quantize import (
     ImmatchQuantizer,
     assign_fixed,
     cluster_points,
+    quantize_pairs,
+    top_keypoints,
     unique_matches,
 )
 
@@ -133,32 +135,35 @@ def test_immatch_parity_running_midpoint():
 def test_max_kps_keeps_the_strongest_keypoints():
     """``max_kps`` (hloc's ``match_dense`` argument): the keypoints with the
     largest summed score stay, in (x, y) order; matches to the others go."""
-    from p2p_hloc.quantize import quantize_matches, top_keypoints
-
-    np.testing.assert_array_equal(
-        top_keypoints(np.array([1, 3, 2, 3.0]), 2), [-1, 0, -1, 1]
-    )
+    top = top_keypoints(np.array([1, 3, 2, 3.0]), 2)
+    np.testing.assert_array_equal(top, [-1, 0, -1, 1])
     np.testing.assert_array_equal(top_keypoints(np.array([1, 3.0]), None), [0, 1])
     np.testing.assert_array_equal(top_keypoints(np.array([1, 3.0]), 5), [0, 1])
     # image a: keypoints at x=10 (score .9+.8), x=50 (.2), x=90 (.7)
+    size = np.array([100, 100])
     raw = [
         {
             "keypoints0": np.array([[10, 5], [50, 5], [90, 5]], float),
             "keypoints1": np.array([[1, 1], [2, 20], [3, 40]], float),
             "scores": np.array([0.9, 0.2, 0.7]),
+            "size0": size,
+            "size1": size,
         },
         {
             "keypoints0": np.array([[11, 5]], float),
             "keypoints1": np.array([[7, 7]], float),
             "scores": np.array([0.8]),
+            "size0": size,
+            "size1": size,
         },
     ]
     pairs = [("a", "b"), ("a", "c")]
-    full, m_full = quantize_matches(pairs, raw, {})
-    kps, m = quantize_matches(pairs, raw, {}, max_kps=2)
-    np.testing.assert_allclose(kps["a"][0], [[10.5, 5], [90, 5]])
-    np.testing.assert_allclose(kps["a"][1], [1.7, 0.7])
-    assert len(kps["b"][0]) == 2  # b's weakest point (.2) is dropped too
-    np.testing.assert_array_equal(m[0][0], [0, 1])  # a0 -> b0, a1 (x=90) -> b1
-    np.testing.assert_array_equal(m[1][0], [0, -1])
-    np.testing.assert_array_equal(m_full[0][0], [0, 1, 2])
+    full = quantize_pairs(pairs, raw)
+    q = quantize_pairs(pairs, raw, max_kps=2)
+    np.testing.assert_allclose(q.keypoints["a"], [[10.5, 5], [90, 5]])
+    np.testing.assert_allclose(q.scores["a"], [1.7, 0.7])
+    assert len(q.keypoints["b"]) == 2  # b's weakest point (.2) is dropped too
+    np.testing.assert_array_equal(q.matches0[0], [0, 1])  # a(x=90) -> b1
+    np.testing.assert_array_equal(q.matches0[1], [0, -1])
+    np.testing.assert_array_equal(q.labels[0][0], [0, -1, 1])
+    np.testing.assert_array_equal(full.matches0[0], [0, 1, 2])
