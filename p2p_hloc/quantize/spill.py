@@ -114,11 +114,11 @@ def read_files(paths: List[str]) -> List[Optional[Found]]:
         if (r["name0"], r["name1"]) not in _settings.wanted:
             out.append(None)
             continue
-        kp0 = r["keypoints0"]
-        arrays = [kp0, np.asarray(r["keypoints1"], kp0.dtype), r["scores"]]
+        dtype = np.result_type(r["keypoints0"], r["keypoints1"])  # no loss
+        kp = np.stack([r["keypoints0"], r["keypoints1"]]).astype(dtype, copy=False)
         offset = os.fstat(fd).st_size
-        os.write(fd, b"".join(np.ascontiguousarray(a).tobytes() for a in arrays))
-        record = Record(name, offset, len(kp0), kp0.dtype.str, r["scores"].dtype.str)
+        os.write(fd, kp.tobytes() + np.ascontiguousarray(r["scores"]).tobytes())
+        record = Record(name, offset, len(kp[0]), dtype.str, r["scores"].dtype.str)
         out.append(Found(path, r["name0"], r["name1"], r["size0"], r["size1"], record))
     return out
 
