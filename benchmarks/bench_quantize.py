@@ -19,6 +19,7 @@ time the copies of the existing files.
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -56,7 +57,27 @@ def image_points(i: int, pool: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """The points matches of image ``i`` are drawn around, and its size."""
     size = SIZES[i % len(SIZES)]
     rng = np.random.default_rng([seed, i])
-    return rng.uniform(0, 1, (pool, 2)) * (size - 1), size
+    return (rng.uniform(0, 1, (pool, 2)) * (size - 1)).astype(np.float32), size
+
+
+def _generate(job) -> None:
+    root, start, pairs, index, n_matches, pool, seed = job
+    rng = np.random.default_rng([seed, start])
+    cache = {}
+    for k, (n0, n1) in enumerate(pairs, start):
+        data = {"name0": n0, "name1": n1}
+        for side, name in enumerate((n0, n1)):
+            if name not in cache:
+                cache[name] = image_points(index[name], pool, seed)
+            pts, size = cache[name]
+            xy = pts[rng.integers(0, pool, n_matches)]
+            xy += rng.normal(0, 0.7, xy.shape).astype(np.float32)
+            data[f"keypoints{side}"] = xy
+            data[f"size{side}"] = size
+        data["scores"] = rng.uniform(0, 1, n_matches).astype(np.float32)
+        folder = root / str(k // 1000)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"{k}.npz", **data)
 
 
 def generate(
@@ -67,20 +88,15 @@ def generate(
     pool: int,
     seed: int,
 ) -> None:
-    """One ``.npz`` per pair under ``root/<k // 1000>/<k>.npz``."""
-    rng = np.random.default_rng(seed)
-    for k, (n0, n1) in enumerate(pairs):
-        data = {"name0": n0, "name1": n1}
-        for side, name in enumerate((n0, n1)):
-            pts, size = image_points(index[name], pool, seed)
-            xy = pts[rng.integers(0, pool, n_matches)]
-            xy += rng.normal(0, 0.7, xy.shape)
-            data[f"keypoints{side}"] = xy.astype(np.float32)
-            data[f"size{side}"] = size
-        data["scores"] = rng.uniform(0, 1, n_matches).astype(np.float32)
-        folder = root / str(k // 1000)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / f"{k}.npz", **data)
+    """One ``.npz`` per pair under ``root/<k // 1000>/<k>.npz``, written by
+    two processes."""
+    step = 2000
+    jobs = [
+        (root, s, pairs[s : s + step], index, n_matches, pool, seed)
+        for s in range(0, len(pairs), step)
+    ]
+    with multiprocessing.get_context("fork").Pool(2) as p:
+        p.map(_generate, jobs, chunksize=1)
 
 
 READ = """
@@ -98,14 +114,15 @@ print(time.perf_counter() - t)
 WRAP = """
 import resource, subprocess, sys
 code = subprocess.run(sys.argv[1:]).returncode
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("MAXRSS_KB", r.ru_maxrss, "CPU_S", r.ru_utime + r.ru_stime, file=sys.stderr)
 sys.exit(code)
 """
 
 
-def run(cmd: List[str]) -> Tuple[float, float, str]:
-    """Wall time, peak RSS (MB, ``ru_maxrss`` of a fresh parent) and output
-    of a subprocess."""
+def run(cmd: List[str]) -> Tuple[float, float, float, str]:
+    """Wall time, CPU time (all its processes), peak RSS (MB, the largest
+    ``ru_maxrss`` of its processes) and output of a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t = time.perf_counter()
     p = subprocess.run(
@@ -114,14 +131,32 @@ def run(cmd: List[str]) -> Tuple[float, float, str]:
     wall = time.perf_counter() - t
     if p.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    rss = int(re.findall(r"MAXRSS_KB (\d+)", p.stderr)[-1])
-    return wall, rss / 1024, p.stdout + p.stderr
+    rss, cpu = re.findall(r"MAXRSS_KB (\d+) CPU_S ([\d.]+)", p.stderr)[-1]
+    return wall, float(cpu), int(rss) / 1024, p.stdout + p.stderr
 
 
 def split(log: str) -> dict:
     """The step's ``Seconds: read 1.0, ...`` log line as a dict."""
     m = re.findall(r"Seconds: (.*)\.", log)
     return {k: float(v) for k, v in (s.rsplit(" ", 1) for s in m[-1].split(", "))}
+
+
+def step(pairs: Path, raw: Path, out: Path, args) -> dict:
+    """Run the step (fresh process) into ``out/feats.h5``, ``matches.h5``."""
+    cmd = [sys.executable, "-m", "p2p_hloc.quantize", "--pairs", str(pairs)]
+    cmd += ["--raw", str(raw), "--features", str(out / "feats.h5")]
+    cmd += ["--matches", str(out / "matches.h5"), "--min_score", str(args.min_score)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    wall, cpu, rss, log = run(cmd)
+    return {
+        "step_s": round(wall, 1),
+        "step_cpu_s": round(cpu, 1),
+        "peak_rss_mb": round(rss),
+        "phases_s": {k: round(v, 1) for k, v in split(log).items()},
+        "features_mb": round((out / "feats.h5").stat().st_size / 2**20),
+        "matches_mb": round((out / "matches.h5").stat().st_size / 2**20),
+    }
 
 
 def main():
@@ -132,95 +167,60 @@ def main():
     p.add_argument("--matches", type=int, default=1300, help="raw matches per pair")
     p.add_argument("--pool", type=int, default=8000, help="points per image")
     p.add_argument("--min_score", type=float, default=0.25)
+    p.add_argument("--workers", type=int, help="of the step (default: its own)")
     p.add_argument("--queries", type=int, default=0, help="localization run")
     p.add_argument("--per_query", type=int, default=30)
     p.add_argument("--reuse", action="store_true", help="keep generated data")
+    p.add_argument("--generate_only", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     root = args.root
     db = [f"db/{i:05d}.jpg" for i in range(args.images)]
     index = {n: i for i, n in enumerate(db)}
     pairs = [(db[a], db[b]) for a, b in pair_graph(args.images, args.sides, args.seed)]
-    raw = root / "raw"
+    queries = [f"query/{q:04d}.jpg" for q in range(args.queries)]
+    index.update({q: args.images + i for i, q in enumerate(queries)})
+    rng = np.random.default_rng(args.seed + 1)
+    qpairs = [
+        (q, db[r])
+        for q in queries
+        for r in rng.choice(args.images, args.per_query, replace=False)
+    ]
     if not (args.reuse and (root / "pairs-db.txt").exists()):
         shutil.rmtree(root, ignore_errors=True)
         t = time.perf_counter()
-        generate(raw, pairs, index, args.matches, args.pool, args.seed)
-        (root / "pairs-db.txt").write_text("\n".join(" ".join(p) for p in pairs))
-        print(f"generated {len(pairs)} pairs in {time.perf_counter() - t:.0f} s")
-    sides = 2 * len(pairs) / args.images
+        for name, prs in (("db", pairs), ("query", qpairs)):
+            generate(
+                root / f"raw-{name}", prs, index, args.matches, args.pool, args.seed
+            )
+            (root / f"pairs-{name}.txt").write_text("\n".join(map(" ".join, prs)))
+        print(
+            f"generated {len(pairs) + len(qpairs)} pairs in "
+            f"{time.perf_counter() - t:.0f} s"
+        )
+    raw = root / "raw-db"
     size = sum(f.stat().st_size for f in raw.rglob("*.npz"))
     print(
-        f"{args.images} images, {len(pairs)} pairs ({sides:.1f} pair sides per "
-        f"image), {args.matches} raw matches per pair, {size / 2**30:.2f} GiB"
+        f"{args.images} images, {len(pairs)} pairs ({2 * len(pairs) / args.images:.1f}"
+        f" pair sides per image), {args.matches} raw matches per pair, scores "
+        f"U(0, 1), min_score {args.min_score}: {size / 2**30:.2f} GiB of raw files"
     )
+    if args.generate_only:
+        return
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    read, read_cpu, _, log = run([sys.executable, "-c", READ, str(raw)])
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    read, _, log = run([sys.executable, "-c", READ, str(raw)])
-    step = [
-        sys.executable,
-        "-m",
-        "p2p_hloc.quantize",
-        "--pairs",
-        str(root / "pairs-db.txt"),
-    ]
-    step += ["--raw", str(raw), "--features", str(out / "feats.h5")]
-    step += [
-        "--matches",
-        str(out / "matches-db.h5"),
-        "--min_score",
-        str(args.min_score),
-    ]
-    wall, rss, log = run(step)
-    phases = split(log)
-    result = {
-        "read_only_s": round(read, 1),
-        "step_s": round(wall, 1),
-        "ratio": round(wall / read, 2),
-        "peak_rss_mb": round(rss),
-        "phases_s": phases,
-        "features_mb": round((out / "feats.h5").stat().st_size / 2**20),
-        "matches_mb": round((out / "matches-db.h5").stat().st_size / 2**20),
-    }
+    result = {"read_only_s": round(read, 1), "read_only_cpu_s": round(read_cpu, 1)}
+    result.update(step(root / "pairs-db.txt", raw, out, args))
+    result["ratio"] = round(result["step_s"] / read, 2)
+    result["cpu_ratio"] = round(result["step_cpu_s"] / read_cpu, 2)
+    result["load_average_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result, indent=1))
-    if args.queries:
-        rng = np.random.default_rng(args.seed + 1)
-        qpairs, qindex = [], {}
-        for q in range(args.queries):
-            name = f"query/{q:04d}.jpg"
-            qindex[name] = args.images + q
-            for r in rng.choice(args.images, args.per_query, replace=False):
-                qpairs.append((name, db[r]))
-        qraw = root / "raw-query"
-        shutil.rmtree(qraw, ignore_errors=True)
-        generate(qraw, qpairs, {**index, **qindex}, args.matches, args.pool, args.seed)
-        (root / "pairs-query.txt").write_text("\n".join(" ".join(p) for p in qpairs))
-        step = [
-            sys.executable,
-            "-m",
-            "p2p_hloc.quantize",
-            "--pairs",
-            str(root / "pairs-query.txt"),
-        ]
-        step += ["--raw", str(qraw), "--features", str(out / "feats.h5")]
-        step += [
-            "--matches",
-            str(out / "matches-db.h5"),
-            "--min_score",
-            str(args.min_score),
-        ]
-        wall, rss, log = run(step)
-        print(
-            json.dumps(
-                {
-                    "localization_pairs": len(qpairs),
-                    "step_s": round(wall, 1),
-                    "phases_s": split(log),
-                },
-                indent=1,
-            )
-        )
+    if qpairs:
+        loc = step(root / "pairs-query.txt", root / "raw-query", out, args)
+        print(json.dumps({"localization_pairs": len(qpairs), **loc}, indent=1))
 
 
 if __name__ == "__main__":

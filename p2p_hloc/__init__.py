@@ -1,5 +1,11 @@
-"""Patch2Pix as a matcher for hloc."""
+"""Patch2Pix as a matcher for hloc.
 
+``Patch2Pix``, ``load_model`` and ``tune_malloc`` are imported on first use
+(PEP 562), so that the modules that need no model (``io``, ``quantize``, the
+pycolmap steps) import without torch.
+"""
+
+import importlib
 import logging
 
 __version__ = "0.1.0"
@@ -16,5 +22,21 @@ if not logger.handlers:
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
-from .model import Patch2Pix, load_model  # noqa: E402,F401
-from .runtime import tune_malloc  # noqa: E402,F401
+_LAZY = {
+    "Patch2Pix": ".model",
+    "load_model": ".model",
+    "tune_malloc": ".runtime",
+}
+__all__ = ["logger", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

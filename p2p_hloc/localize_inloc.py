@@ -19,6 +19,7 @@ if no cutout was usable, no line; the run never stops on one query.
 
 import argparse
 import logging
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -30,8 +31,16 @@ from PIL import Image
 from scipy.io.matlab import MatReadError
 from tqdm import tqdm
 
+from .console import run_cli
 from .io import H5Error, from_hloc_coords, get_keypoints, get_matches, parse_retrieval
-from .localize_sfm import estimate_pose, pose_tuple, write_results
+from .localize_sfm import (
+    check_inputs,
+    check_writable,
+    estimate_pose,
+    pose_config,
+    pose_tuple,
+    write_results,
+)
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -164,7 +173,7 @@ def localize_query(
     pair_fn: PairFn,
     cutouts: Cutouts,
     skip_matches: Optional[int],
-    ransac_thresh: float,
+    config: Dict[str, Any],
 ) -> Dict[str, Any]:
     """Concatenated 2D-3D correspondences over the usable cutouts, then PnP."""
     points2D, points3D, used = [], [], []
@@ -189,7 +198,7 @@ def localize_query(
         used.append(ref)
     points2D = np.concatenate(points2D) if points2D else np.zeros((0, 2))
     points3D = np.concatenate(points3D) if points3D else np.zeros((0, 3))
-    ret = estimate_pose(points2D, points3D, camera, ransac_thresh)
+    ret = estimate_pose(points2D, points3D, camera, config)
     return dict(
         db=used,
         num_correspondences=len(points2D),
@@ -215,26 +224,35 @@ def fallback_pose(
 def main(
     dataset_dir: Path,
     retrieval: Path,
+    features: Optional[Path],
+    matches: Optional[Path],
     results: Path,
-    features: Optional[Path] = None,
-    matches: Optional[Path] = None,
+    skip_matches: Optional[int] = None,
+    *,
     matcher: Optional[Any] = None,
     conf: Optional[Dict[str, Any]] = None,
     weights: Optional[Path] = None,
-    skip_matches: Optional[int] = 20,
     ransac_thresh: float = 48.0,
     focal_length: float = INLOC_FOCAL,
     overwrite: bool = False,
+    seed: Optional[int] = 0,
 ) -> Path:
     """Localize the queries of ``retrieval`` (its first column) and write
-    ``results`` (submission format, basenames) and ``{results}_logs.pkl``.
-    Matches: ``features`` + ``matches`` h5 files, or a ``matcher`` (or its
-    ``conf`` and ``weights``) run on each pair on the fly."""
+    ``results`` (submission format, basenames) and ``{results}_logs.pkl``;
+    hloc's signature. Matches: ``features`` + ``matches`` h5 files, or (both
+    None) a ``matcher`` (or its ``conf`` and ``weights``) run on each pair on
+    the fly. ``skip_matches``: pairs with fewer matches are not used (hloc's
+    InLoc notebook: 20). ``seed``: the RANSAC seed (a rerun gives the same
+    file; None: unseeded). Returns the results path (hloc: None)."""
     results = Path(results)
     if results.exists() and not overwrite:
         logger.info("Results exist at %s: skipping.", results)
         return results
     dataset_dir = Path(dataset_dir)
+    check_inputs(dataset_dir, retrieval, features, matches)
+    config = pose_config(ransac_thresh, seed=seed)
+    retrieval_dict = parse_retrieval(retrieval)
+    check_writable(results)
     if matcher is None and conf is not None:
         from .matchers import build_matcher
 
@@ -245,7 +263,6 @@ def main(
         pair_fn = h5_pairs(features, matches)
     else:
         raise ValueError("give either features and matches files or a matcher conf")
-    retrieval_dict = parse_retrieval(retrieval)
     cutouts = Cutouts(dataset_dir)
 
     poses, logs, failed, fallback = {}, {}, [], []
@@ -253,7 +270,7 @@ def main(
         try:
             camera = query_camera(dataset_dir / query, focal_length)
             log = localize_query(
-                query, refs, camera, pair_fn, cutouts, skip_matches, ransac_thresh
+                query, refs, camera, pair_fn, cutouts, skip_matches, config
             )
         except Exception as e:  # one query never stops the run
             logger.exception("Query %s failed: %s", query, e)
@@ -281,21 +298,27 @@ def main(
         skip_matches=skip_matches,
         ransac_thresh=ransac_thresh,
         focal_length=focal_length,
+        config=config,
     )
     return write_results(
         results, poses, logs, len(retrieval_dict), failed, fallback, settings
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset_dir", type=Path, required=True)
+    p.add_argument("--retrieval", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--matches", type=Path, required=True)
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--skip_matches", type=int)
+    p.add_argument("--ransac_thresh", type=float, default=48.0)
+    p.add_argument("--focal_length", type=float, default=INLOC_FOCAL)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="RANSAC seed; -1: unseeded")
+    return p
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset_dir", type=Path, required=True)
-    parser.add_argument("--retrieval", type=Path, required=True)
-    parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--features", type=Path)
-    parser.add_argument("--matches", type=Path)
-    parser.add_argument("--skip_matches", type=int, default=20)
-    parser.add_argument("--ransac_thresh", type=float, default=48.0)
-    parser.add_argument("--focal_length", type=float, default=INLOC_FOCAL)
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    sys.exit(run_cli(parser(), lambda args: main(**vars(args))))

@@ -1,8 +1,10 @@
 """Match a pairs file into hloc's features and matches h5 files.
 
-1. Pairs are parsed (blank lines and ``#`` comments skipped); self-pairs are
-   skipped and duplicates, in either direction, kept once (first orientation).
-   Every image must exist before anything runs.
+1. Pairs are parsed (blank lines and ``#`` comments skipped, names in
+   canonical form); self-pairs are skipped and duplicates, in either
+   direction, kept once (first orientation). The run holds the lock of the
+   matches file to the end. Every input is checked before anything runs
+   (``match_checks``): images, stored keypoints, done pairs, raw matches.
 2. Pairs already in ``matches`` (either direction) are skipped; the others are
    matched, images loaded by a DataLoader and the per-image work cached across
    consecutive pairs. Raw matches are stored per pair as they come
@@ -20,10 +22,13 @@ when it writes them, nowhere else.
 """
 
 import argparse
+import functools
+import inspect
 import pprint
+import sys
 from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,23 +36,69 @@ from tqdm import tqdm
 
 from . import logger
 from .confs import confs
+from .console import InputError, run_cli
 from .io import list_h5_names, names_to_pair, parse_pairs
+from .io.lock import file_lock
 from .io.raw import RawMatches
+from .match_checks import (
+    check_done_pairs,
+    check_features,
+    check_provenance,
+    check_raw,
+    raw_provenance,
+    read_image_sizes,
+)
 from .matchers import BaseMatcher, build_matcher
 from .preprocess import ImageError
-from .quantize import unique_pairs, write_phase
+from .quantize import read_pending, unique_pairs, write_phase
 from .runtime import tune_malloc
 
 Pair = Tuple[str, str]
 
 
-def check_images(pairs: Sequence[Pair], image_dir: Path, pairs_path: Path) -> None:
-    missing = [(p, n) for p in pairs for n in p if not (image_dir / n).is_file()]
-    if missing:
-        lines = "\n".join(
-            f"  pair ({a}, {b}): {image_dir / n}" for (a, b), n in missing[:5]
+def output_paths(
+    conf: Dict,
+    pairs: Path,
+    export_dir: Optional[Path] = None,
+    features: Optional[Path] = None,
+    matches: Optional[Path] = None,
+) -> Tuple[Path, Path]:
+    """The features and matches files of a run (``main``'s defaults)."""
+    if features is None or matches is None:
+        if export_dir is None:
+            raise ValueError(
+                "export_dir is needed unless features and matches are given"
+            )
+        export_dir = Path(export_dir)
+        export_dir.mkdir(parents=True, exist_ok=True)
+    features = Path(features or export_dir / f"feats_{conf['output']}.h5")
+    matches = Path(matches or export_dir / f"{conf['output']}_{Path(pairs).stem}.h5")
+    if features.resolve() == matches.resolve():
+        raise InputError(f"features and matches are the same file: {features}")
+    return features, matches
+
+
+def holding_run_lock(func: Callable) -> Callable:
+    """``main`` runs holding the lock of its matches file (``io.lock``) from
+    the read of the done pairs to the final rename: a second run on the same
+    file waits, then finds its pairs done. Locks are taken in one order, the
+    matches file's first, then the features file's (write phase)."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def locked(*args, **kwargs):
+        a = signature.bind(*args, **kwargs).arguments
+        _, matches = output_paths(
+            a["conf"],
+            a["pairs"],
+            a.get("export_dir"),
+            a.get("features"),
+            a.get("matches"),
         )
-        raise ImageError(f"{pairs_path}: {len(missing)} missing images, e.g.:\n{lines}")
+        with file_lock(matches, f"matching {a['pairs']}"):
+            return func(*args, **kwargs)
+
+    return locked
 
 
 def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
@@ -163,6 +214,7 @@ def match_raw(
         raw.write(n0, n1, {**pred, **{k: np.asarray(v) for k, v in sizes.items()}})
 
 
+@holding_run_lock
 @torch.no_grad()
 def main(
     conf: Dict,
@@ -178,8 +230,14 @@ def main(
     num_workers: int = 2,
     *,
     max_kps: Optional[int] = None,
+    device: Optional[str] = None,
+    discard_raw: bool = False,
 ) -> Tuple[Path, Path]:
     """Match the pairs of ``pairs`` and write hloc's features and matches.
+
+    Every input is checked before matching: the pairs file, the images (their
+    headers), the stored keypoints of the run's images (``image_size`` equal to
+    the image's), the pairs already done, and the raw matches to resume.
 
     Args:
         conf: a conf of ``p2p_hloc.confs``.
@@ -191,7 +249,8 @@ def main(
         matches: matches file (default ``<output>_<pairs stem>.h5``); pairs
             already in it are skipped, new ones are added.
         weights: Patch2Pix checkpoint (default: the conf's official file).
-        overwrite: start both files afresh.
+        overwrite: match this run's pairs again (other entries of the files
+            are kept).
         features_ref: feature files whose keypoints stay fixed (hloc's
             ``match_dense``); they are copied into ``features``.
         proposals: ``(features, matches)`` hloc files for the ``hloc_file``
@@ -199,45 +258,58 @@ def main(
         max_kps: keep at most this many keypoints per new image, those with
             the largest summed score (hloc's ``match_dense`` argument);
             matches to the others are dropped. ``None`` keeps all.
+        device: where the model runs (default: CUDA if available, else CPU).
+        discard_raw: recompute the raw matches of a stopped run that used
+            other settings (conf, checkpoint, proposals) instead of refusing.
     Returns:
         The paths of the features and matches files.
     """
     logger.info("Matching pairs with configuration:\n%s", pprint.pformat(conf))
     pairs, image_dir = Path(pairs), Path(image_dir)
-    if features is None or matches is None:
-        if export_dir is None:
-            raise ValueError(
-                "export_dir is needed unless features and matches are given"
-            )
-        export_dir = Path(export_dir)
-        export_dir.mkdir(parents=True, exist_ok=True)
-    features = Path(features or export_dir / f"feats_{conf['output']}.h5")
-    matches = Path(matches or export_dir / f"{conf['output']}_{pairs.stem}.h5")
+    features, matches = output_paths(conf, pairs, export_dir, features, matches)
     if isinstance(features_ref, (str, Path)):
         features_ref = [features_ref]
+    features_ref = [Path(p) for p in features_ref or []]
     raw = RawMatches(matches.with_name(matches.name + ".raw"))
     if overwrite:  # this run's pairs and images only (quantize.write_phase)
         raw.remove()
 
     all_pairs = unique_pairs(parse_pairs(pairs))
-    check_images(all_pairs, image_dir, pairs)
+    if not all_pairs:
+        write_phase([], [], features, matches)  # valid empty files
+        logger.info(
+            "No pairs in %s: %s and %s hold no new entry.", pairs, features, matches
+        )
+        return features, matches
+    image_sizes = read_image_sizes(all_pairs, image_dir, pairs)
+    have = check_features(
+        ([features] if features.exists() else []) + features_ref,
+        image_sizes,
+        image_dir,
+    )
     done = set() if overwrite else done_pairs(matches, all_pairs)
+    check_done_pairs(done, features, matches, have)
+    read_pending(matches)  # a corrupt record of a stopped write is named now
     new = [p for p in all_pairs if p not in done]
     logger.info("%d pairs, %d already in %s.", len(all_pairs), len(done), matches.name)
     if not new:
         return features, matches
+    provenance = raw_provenance(conf, weights, proposals)
+    check_provenance(raw, provenance, discard_raw)
 
     # resume: pairs with stored raw matches, in the stored orientation
     stored = {p: raw.find(*p) for p in new}
     todo = [p for p, s in stored.items() if s is None]
     new = [stored[p] or p for p in new]
+    check_raw(raw, [s for s in stored.values() if s is not None], image_sizes)
     if todo:
         model_conf = dict(conf["model"])
         if proposals is not None:
             model_conf.update(
                 features=proposals[0], matches=proposals[1], image_dir=image_dir
             )
-        matcher = build_matcher({**conf, "model": model_conf}, weights)
+        matcher = build_matcher({**conf, "model": model_conf}, weights, device=device)
+        raw.set_meta(provenance)
         logger.info("Matching %d pairs (%d resumed).", len(todo), len(new) - len(todo))
         match_raw(matcher, todo, image_dir, raw, num_workers)
 
@@ -299,7 +371,15 @@ def parser() -> argparse.ArgumentParser:
         help="hloc files read by the hloc_file source (patch2pix_refine)",
     )
     p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="match this run's pairs again"
+    )
+    p.add_argument(
+        "--discard_raw",
+        action="store_true",
+        help="recompute the raw matches of a stopped run made with other settings",
+    )
+    p.add_argument("--device", help="where the model runs (default: cuda if any)")
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],
@@ -309,8 +389,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-if __name__ == "__main__":
-    args = vars(parser().parse_args())
+def run(args: argparse.Namespace) -> None:
+    """``main`` from parsed command-line arguments."""
+    args = vars(args)
     tune_malloc()
     conf = with_precision(confs[args.pop("conf")], args.pop("precision"))
     main(conf=conf, **args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(parser(), run))

@@ -15,9 +15,10 @@ coordinates the corner convention (the centre of the top-left pixel is (0.5, 0.5
 
 import argparse
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -87,6 +88,12 @@ class View:
         p = xyz @ self.R.T + self.t
         return p[:, :2] / p[:, 2:] @ self.K[:2, :2].T + self.K[:2, 2], p[:, 2]
 
+    def rays(self, uv: np.ndarray) -> np.ndarray:
+        """World directions ``(..., 3)`` through pixels ``uv`` ``(..., 2)``,
+        scaled to unit depth along the optical axis."""
+        xy = (np.asarray(uv, np.float64) - self.K[:2, 2]) / self.focal
+        return np.concatenate([xy, np.ones(xy.shape[:-1] + (1,))], -1) @ self.R
+
     @property
     def qvec(self) -> np.ndarray:
         """Quaternion (w, x, y, z) of ``R``."""
@@ -140,26 +147,26 @@ def raycast(
     plane coordinates ``(H, W, 2)``, at ``scale`` times the view's resolution."""
     w, h = view.width * scale, view.height * scale
     u, v = np.meshgrid((np.arange(w) + 0.5) / scale, (np.arange(h) + 0.5) / scale)
-    rays = np.stack(
-        [
-            (u - view.width / 2) / view.focal,
-            (v - view.height / 2) / view.focal,
-            np.ones_like(u),
-        ],
-        -1,
-    )
-    rays = rays @ view.R  # world directions, unit depth along the optical axis
-    c = view.center
-    depth = np.full((h, w), np.inf)
-    index = np.full((h, w), -1)
-    coords = np.zeros((h, w, 2))
+    return intersect(planes, view.center, view.rays(np.stack([u, v], -1)))
+
+
+def intersect(
+    planes: Sequence[Plane], center: np.ndarray, rays: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest plane hit by rays ``(..., 3)`` (world directions) from ``center``:
+    the ray parameter (inf: no hit; the depth for unit-depth rays), the index
+    of the plane (-1) and the hit's plane coordinates ``(..., 2)``."""
+    c = np.asarray(center, np.float64)
+    depth = np.full(rays.shape[:-1], np.inf)
+    index = np.full(rays.shape[:-1], -1)
+    coords = np.zeros(rays.shape[:-1] + (2,))
     for i, p in enumerate(planes):
         n = p.normal
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (n @ (p.origin - c)) / (rays @ n)
-        x = c + t[..., None] * rays - p.origin
-        a = x @ p.u / (p.u @ p.u)
-        b = x @ p.v / (p.v @ p.v)
+            x = c + t[..., None] * rays - p.origin
+            a = x @ p.u / (p.u @ p.u)
+            b = x @ p.v / (p.v @ p.v)
         hit = (t > 1e-6) & (t < depth) & (a >= 0) & (a <= 1) & (b >= 0) & (b <= 1)
         depth[hit], index[hit] = t[hit], i
         coords[hit] = np.stack([a[hit], b[hit]], -1)
@@ -260,6 +267,14 @@ def _random_poses(rng, n: int, x_range, z_range, max_yaw: float, max_pitch: floa
     ]
 
 
+DB_POSES = [  # (centre, yaw, pitch): two rows of four facing the back wall
+    ((x, 0.0, z), yaw, 0.0)
+    for z in (1.0, 3.0)
+    for x, yaw in ((-3, 15), (-1, -20), (1, 20), (3, -15))
+]
+SIDE_POSES = [((-2.0, 0.0, z), -90.0, 0.0) for z in (2.0, 3.0, 4.0, 5.0, 6.0)]
+
+
 def generate_scene(
     output: Path,
     num_queries: int = 4,
@@ -269,12 +284,21 @@ def generate_scene(
     num_covis: int = 4,
     seed: int = 0,
     overwrite: bool = False,
+    clusters: int = 1,
+    render_images: bool = True,
 ) -> Dict[str, Path]:
     """Write an Aachen-like dataset to ``output`` and return its paths:
     ``images`` (``db/*.png``, ``query/*.png``), ``reference`` (COLMAP model,
     no points), ``pairs_db``, ``pairs_query``, ``queries`` (with intrinsics) and
     ``ground_truth`` (results format). An existing complete scene is kept
-    unless ``overwrite``."""
+    unless ``overwrite``.
+
+    ``clusters=2`` adds a second group of database images (``SIDE_POSES``,
+    facing the left wall) with covisibility pairs only among themselves, so
+    that a model triangulated from ``pairs_db`` has two disjoint covisibility
+    clusters; each query retrieves its ``num_loc`` nearest images of the first
+    group and every image of the second. ``render_images=False`` writes no
+    images (for matches simulated from the geometry)."""
     output = Path(output)
     paths = dict(
         images=output / "images",
@@ -287,14 +311,17 @@ def generate_scene(
     if paths["ground_truth"].exists() and not overwrite:
         logger.info("Scene exists at %s: skipping.", output)
         return paths
+    if clusters not in (1, 2):
+        raise ValueError(f"clusters must be 1 or 2, not {clusters}")
     rng = np.random.default_rng(seed)
     planes = room()
-    db_poses = [
-        ((x, 0.0, z), yaw, 0.0)
-        for z in (1.0, 3.0)
-        for x, yaw in ((-3, 15), (-1, -20), (1, 20), (3, -15))
-    ]
-    db = _views("db/", db_poses, width, height, "png")
+    groups = [_views("db/", DB_POSES, width, height, "png")]
+    if clusters == 2:
+        side = _views("db/", SIDE_POSES, width, height, "png")
+        for i, view in enumerate(side, len(groups[0])):
+            view.name = f"db/{i:03d}.png"
+        groups.append(side)
+    db = [view for group in groups for view in group]
     queries = _views(
         "query/",
         _random_poses(rng, num_queries, (-2.5, 2.5), (1.2, 2.8), 20, 5),
@@ -302,7 +329,8 @@ def generate_scene(
         height,
         "png",
     )
-    for view in (*db, *queries):
+    paths["images"].mkdir(parents=True, exist_ok=True)
+    for view in (*db, *queries) if render_images else ():
         path = paths["images"] / view.name
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), render(planes, view)[..., ::-1])
@@ -311,13 +339,18 @@ def generate_scene(
         paths["pairs_db"],
         [
             (v.name, r.name)
-            for v in db
-            for r in _nearest(v, [d for d in db if d is not v], num_covis)
+            for group in groups
+            for v in group
+            for r in _nearest(v, [d for d in group if d is not v], num_covis)
         ],
     )
     write_pairs(
         paths["pairs_query"],
-        [(q.name, r.name) for q in queries for r in _nearest(q, db, num_loc)],
+        [
+            (q.name, r.name)
+            for q in queries
+            for r in _nearest(q, groups[0], num_loc) + sum(groups[1:], [])
+        ],
     )
     paths["queries"].write_text(
         "".join(f"{q.name} {q.camera_line()}\n" for q in queries)
@@ -330,6 +363,84 @@ def generate_scene(
         output,
     )
     return paths
+
+
+def simulate_matches(
+    planes: Sequence[Plane],
+    view0: View,
+    view1: View,
+    num_points: int,
+    jitter: float = 0.5,
+    rng: Optional[np.random.Generator] = None,
+    grid: Optional[float] = None,
+) -> Dict[str, np.ndarray]:
+    """Raw matches of a dense matcher between two views, from the geometry.
+
+    Up to ``num_points`` random points of ``view0`` that see a plane point
+    which ``view1`` sees too (inside, unoccluded), with Gaussian noise of
+    ``jitter`` px (std, per axis) on both sides. The points of ``view0`` are
+    uniform over the image (each pair has its own: a matcher whose points
+    scatter across pairs) or, with ``grid``, centres of a ``grid``-px lattice
+    (an image's points repeat across the pairs where it is ``view0``, up to
+    the jitter). Returns ``keypoints0``, ``keypoints1`` ``(M, 2)`` (corner
+    convention), ``scores`` ``(M,)`` in [0.3, 1) and the image sizes
+    ``size0``, ``size1`` ``(W, H)``."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    size0 = np.array([view0.width, view0.height])
+    size1 = np.array([view1.width, view1.height])
+    if grid is None:
+        uv0 = rng.uniform(0, size0, (4 * num_points, 2))
+    else:
+        u, v = (np.arange(0.5, n / grid) * grid for n in size0)
+        uv0 = np.stack(np.meshgrid(u, v), -1).reshape(-1, 2)
+        uv0 = uv0[rng.permutation(len(uv0))[: 4 * num_points]]
+    depth0, _, _ = intersect(planes, view0.center, view0.rays(uv0))
+    uv0 = uv0[np.isfinite(depth0)]
+    xyz = view0.center + depth0[np.isfinite(depth0), None] * view0.rays(uv0)
+    uv1, z1 = view1.project(xyz)
+    inside = (z1 > 0) & np.all((uv1 >= 0) & (uv1 < size1), -1)
+    depth1, _, _ = intersect(planes, view1.center, view1.rays(uv1))
+    visible = inside & (np.abs(depth1 - z1) < 1e-6 * np.abs(z1) + 1e-9)
+    uv0, uv1 = uv0[visible][:num_points], uv1[visible][:num_points]
+    return dict(
+        keypoints0=uv0 + rng.normal(0, jitter, uv0.shape),
+        keypoints1=uv1 + rng.normal(0, jitter, uv1.shape),
+        scores=rng.uniform(0.3, 1.0, len(uv0)),
+        size0=size0,
+        size1=size1,
+    )
+
+
+def write_dense_matches(
+    pairs: Sequence[Tuple[str, str]],
+    raw: Sequence[Dict[str, np.ndarray]],
+    features: Path,
+    matches: Path,
+    quantization: Dict,
+) -> Tuple[Path, Path]:
+    """Quantize raw pair matches (``simulate_matches``'s dicts) into hloc's
+    features and matches files the way ``match_pairs`` does (``quantization``
+    as in a conf; images already in ``features`` keep their keypoints; each
+    pair group keeps its raw ``keypoints0``, ``keypoints1``, ``scores``)."""
+    from .io.raw import RawMatches
+    from .quantize import write_phase
+
+    features, matches = Path(features), Path(matches)
+    with tempfile.TemporaryDirectory(dir=matches.parent) as folder:
+        store = RawMatches(Path(folder))
+        for (n0, n1), r in zip(pairs, raw):
+            store.write(n0, n1, r)  # corner convention in, the raw format out
+        write_phase(
+            list(pairs),
+            [store.path(*p) for p in pairs],
+            features,
+            matches,
+            radius=quantization["radius"],
+            min_score=quantization.get("min_score", 0.0),
+            method=quantization.get("method", "cluster"),
+            psize=quantization.get("psize", 48),
+        )
+    return features, matches
 
 
 def read_views(paths: Dict[str, Path]) -> List[View]:

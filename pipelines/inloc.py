@@ -35,6 +35,8 @@ def main(
     results = localize_inloc.main(
         dataset,
         loc_pairs,
+        None,  # features and matches: the matcher runs on each pair
+        None,
         outputs / f"InLoc_p2p_{conf}_{retrieval}.txt",
         conf=confs[conf],
         weights=weights,

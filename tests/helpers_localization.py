@@ -1,4 +1,5 @@
-"""SIFT features and matches in hloc's h5 layout, for the localization tests
+"""Features and matches in hloc's h5 layout for the localization tests: SIFT on
+the rendered images, or a dense matcher simulated from the scene geometry
 (independent of p2p_hloc's matchers, so that the pycolmap steps are tested alone)."""
 
 from pathlib import Path
@@ -56,3 +57,75 @@ def sift_h5(
                 matches, name0, name1, matches0, (matches0 > -1).astype(float)
             )
     return features, matches
+
+
+def assert_hloc_signature(fn, spec: str) -> None:
+    """``fn`` starts with hloc's parameters ``spec`` (``"a, b, c=1"`` as in
+    the spec: names, order, defaults, all positional-or-keyword); any further
+    parameter is keyword-only."""
+    import ast
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())
+    expected = [p.strip().partition("=") for p in spec.split(",")]
+    assert [p.name for p in params[: len(expected)]] == [e[0] for e in expected]
+    for p, (name, eq, default) in zip(params, expected):
+        assert p.kind == p.POSITIONAL_OR_KEYWORD, name
+        want = ast.literal_eval(default) if eq else inspect.Parameter.empty
+        assert p.default == want and type(p.default) is type(want), name
+    extra = params[len(expected) :]
+    assert all(p.kind == p.KEYWORD_ONLY for p in extra), extra
+
+
+def dense_scene(root: Path, num_queries: int = 3, num_points: int = 300) -> Dict:
+    """A generated scene with two covisibility clusters (``clusters=2``) and a
+    simulated dense matcher (jitter 0.5 px, seeded) quantized with the
+    default conf into hloc files, the model triangulated from them. Each
+    query's pairs with the second cluster (the side wall) hold decoy matches:
+    consistent with the query turned 90 degrees to face that wall, a quarter
+    as many per pair as with its true neighbours."""
+    from p2p_hloc import triangulation
+    from p2p_hloc.confs import confs
+    from p2p_hloc.synthetic import (
+        SIDE_POSES,
+        View,
+        generate_scene,
+        look,
+        read_views,
+        room,
+        simulate_matches,
+        write_dense_matches,
+    )
+
+    scene = generate_scene(
+        root / "scene", num_queries=num_queries, clusters=2, render_images=False
+    )
+    views = {v.name: v for v in read_views(scene)}
+    side = {f"db/{i:03d}.png" for i in range(8, 8 + len(SIDE_POSES))}
+    rng = np.random.default_rng(0)
+    planes = room()
+    quant = confs["patch2pix_aachen"]["quantization"]
+    feats = root / "feats.h5"
+    for kind in ("db", "query"):
+        pairs = parse_pairs(scene[f"pairs_{kind}"])
+        raw = []
+        for q, r in pairs:
+            view, n = views[q], num_points
+            if kind == "query" and r in side:
+                decoy = look(view.center, -90.0)
+                view = View(q, view.width, view.height, view.focal, *decoy)
+                n = num_points // 4
+            raw.append(simulate_matches(planes, view, views[r], n, 0.5, rng))
+        write_dense_matches(pairs, raw, feats, root / f"matches_{kind}.h5", quant)
+        if kind == "db":
+            sfm = triangulation.main(
+                root / "sfm",
+                scene["reference"],
+                scene["images"],
+                scene["pairs_db"],
+                feats,
+                root / "matches_db.h5",
+            )
+    return dict(
+        scene, root=root, features=feats, matches=root / "matches_query.h5", sfm=sfm
+    )

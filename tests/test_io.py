@@ -84,7 +84,7 @@ def test_raw_matches(tmp_path):
     """The store writes the public raw-match format (hloc's convention) and
     reads it back checked; a stray temporary file is ignored."""
     raw = RawMatches(tmp_path / "raw")
-    assert raw.find("a", "b") is None and raw.empty() and raw.meta() == {}
+    assert raw.find("a", "b") is None and raw.empty() and raw.meta() is None
     pred = {  # a matcher's output: corner convention
         "keypoints0": np.array([[0.5, 0.5], [10.25, 3.5], [1, 2]], np.float32),
         "keypoints1": np.zeros((3, 2), np.float32),

@@ -1,8 +1,9 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_localization import sift_h5
+from helpers_localization import assert_hloc_signature, sift_h5
 
 from p2p_hloc import localize_inloc
 from p2p_hloc.confs import confs
@@ -23,12 +24,13 @@ def scene(tmp_path_factory):
 
 
 def run(scene, name, **kw):
-    kw.setdefault("features", scene["features"])
-    kw.setdefault("matches", scene["matches"])
     return localize_inloc.main(
         kw.pop("dataset", scene["dataset"]),
         scene["pairs_query"],
+        kw.pop("features", scene["features"]),
+        kw.pop("matches", scene["matches"]),
         scene["root"] / name,
+        kw.pop("skip_matches", 20),
         focal_length=scene["focal_length"],
         **kw,
     )
@@ -95,3 +97,38 @@ def test_failed_pnp_falls_back(scene, logs):
     with open(f"{results}_logs.pkl", "rb") as f:
         log = pickle.load(f)
     assert len(log["fallback"]) == 3 and len(read_poses(results)) == 3
+
+
+def test_signature_is_hlocs():
+    assert_hloc_signature(
+        localize_inloc.main,  # hloc_interfaces.md, section 3.4
+        "dataset_dir, retrieval, features, matches, results, skip_matches=None",
+    )
+
+
+def test_hloc_positional_call(scene):
+    """hloc's notebook call, positional: (dataset, loc_pairs, features,
+    matches, results, skip_matches) localizes, never skips as 'existing'."""
+    results = scene["root"] / "positional.txt"
+    localize_inloc.main(
+        scene["dataset"],
+        scene["pairs_query"],
+        scene["features"],
+        scene["matches"],
+        results,
+        20,
+        focal_length=scene["focal_length"],
+    )
+    with open(f"{results}_logs.pkl", "rb") as f:
+        log = pickle.load(f)
+    assert {v["status"] for v in log["loc"].values()} == {"localized"}
+    assert log["skip_matches"] == 20 and len(read_poses(results)) == 3
+
+
+def test_rerun_is_identical(scene):
+    """RANSAC is seeded: the same inputs give the same files, byte for byte."""
+    files = []
+    for _ in range(2):
+        results = run(scene, "rerun.txt", overwrite=True)
+        files.append((results.read_bytes(), Path(f"{results}_logs.pkl").read_bytes()))
+    assert files[0] == files[1]

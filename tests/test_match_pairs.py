@@ -3,9 +3,11 @@
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -15,13 +17,23 @@ import pytest
 import skimage.data
 
 from p2p_hloc.confs import confs
-from p2p_hloc.io import PairsError, get_matches, names_to_pair
+from p2p_hloc.console import InputError
+from p2p_hloc.io import (
+    PairsError,
+    canonical_name,
+    get_matches,
+    names_to_pair,
+    parse_pairs,
+)
 from p2p_hloc.io.h5 import H5Error
+from p2p_hloc.io.lock import file_lock
 from p2p_hloc.io.raw import RawMatches, RawMatchesError
+from p2p_hloc.match_checks import raw_provenance
 from p2p_hloc.match_pairs import main
 from p2p_hloc.preprocess import ImageError
 
 REPO = Path(__file__).resolve().parents[1]
+SIFT_FILES = ("feats_matches-sift-r1600-n4096.h5", "matches-sift-r1600-n4096_pairs.h5")
 SIZE = (256, 192)  # W, H of the warped images
 HOMOGRAPHIES = [
     np.eye(3),
@@ -215,6 +227,20 @@ def test_localization_mode_keeps_mapping_keypoints(tmp_path):
     check_hloc_files(feats2, matches2, pairs[:2], images)
 
 
+def test_overwrite_keeps_shared_files(tmp_path):
+    """``overwrite`` redoes this run's pairs only: the features file that
+    another matches file uses keeps that file's images."""
+    names = make_scene(tmp_path / "images", 4)
+    images, out = tmp_path / "images", tmp_path / "out"
+    db = write_pairs(tmp_path / "pairs-db.txt", [(names[0], names[1])])
+    feats, m_db = main(confs["sift"], db, images, out)
+    loc = write_pairs(tmp_path / "pairs-loc.txt", [(names[2], names[3])])
+    main(confs["sift"], loc, images, out)
+    _, m_loc = main(confs["sift"], loc, images, out, overwrite=True)
+    check_hloc_files(feats, m_db, [(names[0], names[1])], images)
+    check_hloc_files(feats, m_loc, [(names[2], names[3])], images)
+
+
 def test_refine_hloc_file_proposals(sift_run, golden_weights, tmp_path):
     root, names, pairs, feats, matches = sift_run
     pairs_file = write_pairs(tmp_path / "pairs.txt", pairs[:1])
@@ -244,77 +270,236 @@ def h5_content(path: Path) -> dict:
 
 
 NCNET = {**confs["ncnet"], "model": {**confs["ncnet"]["model"], "threshold": 0.0}}
-RUN = """
-import sys
+# match_pairs in a process that kills itself (SIGKILL, as the OOM killer does)
+# right after writing its N-th raw file: a point the test controls.
+KILLED_RUN = """
+import os, signal, sys
 from pathlib import Path
 from p2p_hloc.confs import confs
+from p2p_hloc.io.raw import RawMatches
 from p2p_hloc.match_pairs import main
-c = confs["ncnet"]
-c = {**c, "model": {**c["model"], "threshold": 0.0}}
-main(c, Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), weights=Path(sys.argv[4]),
-     num_workers=0)
+
+pairs, images, out, kill_after = sys.argv[1:]
+real, written = RawMatches.write, []
+
+def write(self, *args):
+    real(self, *args)
+    written.append(1)
+    if len(written) == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+RawMatches.write = write
+main(confs["sift"], Path(pairs), Path(images), Path(out), num_workers=0)
 """
 
 
-def run(args, **kw):
+def run_killed(args, kill_after: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", RUN, *map(str, args)], env=env, **kw)
+    cmd = [sys.executable, "-c", KILLED_RUN, *map(str, args), str(kill_after)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
-def test_resume_after_sigkill(tmp_path, golden_weights):
+def test_resume_after_sigkill(tmp_path):
+    """Killed after its first raw file, a run resumes the rest and writes
+    the files of an uninterrupted run."""
     names = make_scene(tmp_path / "images", 3)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     pairs_file = write_pairs(tmp_path / "pairs.txt", pairs)
-    args = [pairs_file, tmp_path / "images", tmp_path / "killed", golden_weights]
-    proc = run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    raw = tmp_path / "killed" / "matches-ncnet-r1024-t0.9_pairs.h5.raw"
-    t0 = time.time()
-    while not any(raw.glob("*/*.npz")) and proc.poll() is None:
-        assert time.time() - t0 < 60
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(raw.glob("*/*.npz")))
-    assert 1 <= done < len(pairs), "the run was not killed mid-way"
-    assert not (tmp_path / "killed" / "feats_matches-ncnet-r1024-t0.9.h5").exists()
-    assert run(args).wait() == 0
-    main(
-        NCNET,
-        pairs_file,
-        tmp_path / "images",
-        tmp_path / "clean",
-        weights=golden_weights,
-    )
-    for name in (
-        "feats_matches-ncnet-r1024-t0.9.h5",
-        "matches-ncnet-r1024-t0.9_pairs.h5",
-    ):
-        a, b = h5_content(tmp_path / "killed" / name), h5_content(
-            tmp_path / "clean" / name
-        )
+    args = [pairs_file, tmp_path / "images", tmp_path / "killed"]
+    assert run_killed(args, kill_after=1).returncode == -signal.SIGKILL
+    feats, matches = (tmp_path / "killed" / n for n in SIFT_FILES)
+    assert len(raw_files(matches)) == 1 and not feats.exists() and not matches.exists()
+    resumed = run_killed(args, kill_after=0)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Matching 2 pairs (1 resumed)" in resumed.stderr
+    main(confs["sift"], pairs_file, tmp_path / "images", tmp_path / "clean")
+    for name in SIFT_FILES:
+        a = h5_content(tmp_path / "killed" / name)
+        b = h5_content(tmp_path / "clean" / name)
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert not raw.exists()
+    assert not (tmp_path / "killed" / (matches.name + ".raw")).exists()
+
+
+def raw_files(matches: Path) -> list:
+    return sorted((matches.parent / (matches.name + ".raw")).glob("*/*.npz"))
 
 
 def test_corrupt_files_are_reported_by_name(sift_run, tmp_path):
+    """Each is found before any pair is matched, and named."""
     root, names, pairs, feats, matches = sift_run
+    images = root / "images"
     pairs_file = write_pairs(tmp_path / "pairs.txt", pairs)
     bad = tmp_path / "matches.h5"
     bad.write_bytes(matches.read_bytes()[: len(matches.read_bytes()) // 2])  # truncated
     with pytest.raises(H5Error, match=str(bad)):
-        main(confs["sift"], pairs_file, root / "images", tmp_path, matches=bad)
+        main(confs["sift"], pairs_file, images, tmp_path, matches=bad)
     bad.write_bytes(b"not an h5 file")
     with pytest.raises(H5Error, match=str(bad)):
-        main(confs["sift"], pairs_file, root / "images", tmp_path, matches=bad)
-    # a corrupt raw pair file (not written by us: ours are atomic)
+        main(confs["sift"], pairs_file, images, tmp_path, matches=bad)
     m = tmp_path / "m.h5"
+    # a truncated features file, or features_ref file
+    bad_feats = tmp_path / "feats.h5"
+    bad_feats.write_bytes(feats.read_bytes()[: len(feats.read_bytes()) // 2])
+    for kw in ({"features": bad_feats}, {"features_ref": [feats, bad_feats]}):
+        with pytest.raises(H5Error, match=str(bad_feats)):
+            main(confs["sift"], pairs_file, images, tmp_path, matches=m, **kw)
+        assert not raw_files(m)  # nothing was matched
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        main(
+            confs["sift"],
+            pairs_file,
+            images,
+            tmp_path,
+            features_ref=tmp_path / "nope.h5",
+        )
+    # a corrupt raw pair file (not written by us: ours are atomic)
     raw = RawMatches(m.with_name(m.name + ".raw"))
+    raw.set_meta(raw_provenance(confs["sift"], None, None))
     raw.path(*pairs[0]).parent.mkdir(parents=True)
     raw.path(*pairs[0]).write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(RawMatchesError, match=raw.path(*pairs[0]).name):
-        main(confs["sift"], pairs_file, root / "images", tmp_path, matches=m)
+        main(confs["sift"], pairs_file, images, tmp_path, matches=m)
+    assert raw_files(m) == [raw.path(*pairs[0])]  # nothing else was matched
+    raw.remove()
+    # a corrupt record of a run stopped between its final renames
+    m.with_name(m.name + ".pending.json").write_text('{"names": ["a.png"')
+    with pytest.raises(InputError, match=r"m.h5.pending.json .*delete it to resume"):
+        main(confs["sift"], pairs_file, images, tmp_path, matches=m)
+    assert not raw_files(m)
+
+
+def test_features_from_other_images_are_refused(sift_run, tmp_path):
+    """Same names, other sizes: the stored keypoints are not trusted, in
+    ``features`` or in ``features_ref``."""
+    root, names, pairs, feats, matches = sift_run
+    small = make_scene(tmp_path / "images", 3, size=(200, 150))
+    assert small == names
+    pairs_file = write_pairs(tmp_path / "pairs.txt", pairs[:1])
+    copy = tmp_path / "feats.h5"
+    shutil.copyfile(feats, copy)
+    m = tmp_path / "m.h5"
+    msg = rf"{copy}: image 'scene/im0.png' has image_size 256x192 but .*im0.png is 200x150"
+    for kw in ({"features": copy}, {"features_ref": copy}):
+        with pytest.raises(InputError, match=msg):
+            main(
+                confs["sift"],
+                pairs_file,
+                tmp_path / "images",
+                tmp_path,
+                matches=m,
+                **kw,
+            )
+        assert not raw_files(m)
+    # a matches file whose pairs have no keypoints in the features file
+    with pytest.raises(InputError, match=rf"{matches} holds pairs of images without"):
+        main(confs["sift"], pairs_file, root / "images", tmp_path, matches=matches)
+
+
+def stop_after_writes(monkeypatch, n: int) -> None:
+    """The run stops (KeyboardInterrupt) after writing ``n`` raw matches."""
+    real, count = RawMatches.write, []
+
+    def write(self, *args):
+        real(self, *args)
+        count.append(1)
+        if len(count) == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RawMatches, "write", write)
+
+
+def test_resume_refuses_other_settings(sift_run, tmp_path, monkeypatch):
+    """Raw matches of a stopped run are not resumed by another conf: refused
+    with what differs, or recomputed with ``discard_raw``."""
+    root, names, pairs, feats, matches = sift_run
+    images, m = root / "images", tmp_path / "m.h5"
+    stop_after_writes(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        main(
+            confs["sift"],
+            root / "pairs.txt",
+            images,
+            tmp_path,
+            matches=m,
+            num_workers=0,
+        )
+    monkeypatch.undo()
+    assert len(raw_files(m)) == 1
+    # the images changed size since: the stored raw matches are not theirs
+    make_scene(tmp_path / "small", 3, size=(200, 150))
+    with pytest.raises(
+        RawMatchesError,
+        match="computed on images of 256x192 and 256x192 px, now 200x150",
+    ):
+        main(confs["sift"], root / "pairs.txt", tmp_path / "small", tmp_path, matches=m)
+    other = {**confs["sift"], "model": {**confs["sift"]["model"], "ratio": 0.7}}
+    with pytest.raises(
+        RawMatchesError,
+        match=r"m.h5.raw were made .*model.ratio: 0.8 -> 0.7.*--discard_raw",
+    ):
+        main(other, root / "pairs.txt", images, tmp_path, matches=m)
+    assert len(raw_files(m)) == 1 and not m.exists()
+    # a store that records nothing (an older version): refused too
+    (m.parent / "m.h5.raw" / "meta.json").unlink()
+    with pytest.raises(RawMatchesError, match="does not record what produced"):
+        main(confs["sift"], root / "pairs.txt", images, tmp_path, matches=m)
+    f, m = main(
+        other, root / "pairs.txt", images, tmp_path, matches=m, discard_raw=True
+    )
+    clean = main(other, root / "pairs.txt", images, tmp_path / "clean")
+    for a, b in zip((f, m), clean):
+        a, b = h5_content(a), h5_content(b)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resume_refuses_other_weights(tmp_path, golden_weights):
+    """The checkpoint is recorded by checksum: a copy resumes, another file
+    (same name, other bytes) is refused before the model loads."""
+    names = make_scene(tmp_path / "images", 2)
+    pairs_file = write_pairs(tmp_path / "pairs.txt", [tuple(names)])
+    copy = tmp_path / "copy" / golden_weights.name
+    copy.parent.mkdir()
+    shutil.copyfile(golden_weights, copy)
+    stored = raw_provenance(NCNET, golden_weights, None)
+    assert stored == raw_provenance(NCNET, copy, None)
+    assert stored["weights"]["model"]["size"] == golden_weights.stat().st_size
+    m = tmp_path / "m.h5"
+    raw = RawMatches(m.with_name(m.name + ".raw"))
+    raw.set_meta(stored)
+    empty = {k: np.zeros((0, 2)) for k in ("keypoints0", "keypoints1")}
+    raw.write(*names, {**empty, "scores": np.zeros(0), "size0": SIZE, "size1": SIZE})
+    with copy.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(RawMatchesError, match=r"weights.model.sha256: [0-9a-f]{64} ->"):
+        main(NCNET, pairs_file, tmp_path / "images", tmp_path, matches=m, weights=copy)
+
+
+def test_empty_pairs_file(tmp_path, logs):
+    """Valid empty files, and a log line saying so."""
+    pairs_file = write_pairs(tmp_path / "pairs.txt", ["# nothing yet", ""])
+    f, m = main(confs["sift"], pairs_file, tmp_path, tmp_path / "out")
+    for path in (f, m):
+        with h5py.File(path, "r") as h:
+            assert len(h) == 0
+    assert f"No pairs in {pairs_file}" in logs.text
+    assert sorted(
+        p.name for p in (tmp_path / "out").iterdir() if "lock" not in p.name
+    ) == sorted([f.name, m.name])
+
+
+def test_same_file_for_features_and_matches(sift_run, tmp_path):
+    root, names, pairs, feats, matches = sift_run
+    with pytest.raises(InputError, match="same file"):
+        main(confs["sift"], root / "pairs.txt", root / "images", None, feats, feats)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + crc
 
 
 def test_bad_pairs_files(sift_run, tmp_path):
@@ -356,7 +541,7 @@ def test_bad_pairs_files(sift_run, tmp_path):
     )
     with pytest.raises(ImageError, match=r"nope.png"):
         main(confs["sift"], missing, images, out, f, m)
-    # unreadable image: named with its pair; existing files untouched
+    # an image whose header is unreadable: named, before anything runs
     shutil.copytree(images, tmp_path / "images")
     (tmp_path / "images" / "scene" / "im9.png").write_bytes(b"\x89PNG broken")
     broken = write_pairs(
@@ -364,24 +549,161 @@ def test_bad_pairs_files(sift_run, tmp_path):
     )
     with pytest.raises(ImageError, match=r"im9.png"):
         main(confs["sift"], broken, tmp_path / "images", out, f, m)
+    assert not raw_files(m)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+        + png_chunk(b"IEND", b"")
+    )
+    (tmp_path / "images" / "scene" / "im9.png").write_bytes(bomb)
+    with pytest.raises(ImageError, match=r"im9.png: Image size \(400000000 pixels\)"):
+        main(confs["sift"], broken, tmp_path / "images", out, f, m)
+    assert not raw_files(m)
+    # a truncated image (its header is fine): named with its pair when read;
+    # existing files untouched
+    png = (images / names[2]).read_bytes()
+    (tmp_path / "images" / "scene" / "im9.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(ImageError, match=r"\(scene/im0.png, scene/im9.png\).*im9.png"):
+        main(confs["sift"], broken, tmp_path / "images", out, f, m, num_workers=0)
     assert (f.read_bytes(), m.read_bytes()) == before
     # the pair matched before the error is kept for the next run
-    assert len(list((m.parent / (m.name + ".raw")).glob("*/*.npz"))) == 1
+    assert len(raw_files(m)) == 1
+
+
+def test_pairs_file_lines(tmp_path, logs):
+    """Names are read as HDF5 reads them back; every error names file:line."""
+    path = tmp_path / "pairs.txt"
+    path.write_text("./a.png x//y.png\n# c\nx/./y.png b/c.png/\nim#1.png a.png")
+    assert parse_pairs(path) == [
+        ("a.png", "x/y.png"),
+        ("x/y.png", "b/c.png"),
+        ("im#1.png", "a.png"),
+    ]
+    assert "2 lines name images in non-canonical form" in logs.text
+    assert "line 1: ./a.png x//y.png -> a.png x/y.png" in logs.text
+    for bad, why in [
+        ("../a.png", "'..'"),
+        ("x/../a.png", "'..'"),
+        ("/data/a.png", "absolute"),
+        ("./", "names no file"),
+    ]:
+        path.write_text(f"a.png b.png\n\n{bad} b.png\n")
+        with pytest.raises(PairsError, match=rf"pairs.txt:3: .*{why}"):
+            parse_pairs(path)
+    path.write_text("a.png b.png\nc.png d.png  # night\n")
+    with pytest.raises(PairsError, match="pairs.txt:2: a '#' comment must have"):
+        parse_pairs(path)
+    path.write_bytes("a.png b.png\n\nd\u00e9j\u00e0.png b.png\n".encode("latin-1"))
+    with pytest.raises(PairsError, match="pairs.txt:3: not UTF-8 text"):
+        parse_pairs(path)
+
+
+def check_canonical(features: Path, matches: Path, pairs) -> None:
+    """Every image and pair key is stored under its canonical name, once."""
+    with h5py.File(features, "r") as f:
+        images = set()
+        f.visititems(
+            lambda k, v: (
+                images.add(v.parent.name.strip("/"))
+                if isinstance(v, h5py.Dataset)
+                else None
+            )
+        )
+    assert images == {n for p in pairs for n in p}
+    assert all(canonical_name(n) == n for n in images)
+    assert set(h5_content(matches)) == {
+        f"{names_to_pair(*p)}/{k}"
+        for p in pairs
+        for k in ("matches0", "matching_scores0", "keypoints0", "keypoints1", "scores")
+    }
+
+
+def test_aliased_names_give_one_image(sift_run, tmp_path):
+    """``./a`` and ``a``, ``x//y`` and ``x/y`` are the same HDF5 group: one
+    image with one set of keypoints, every index within them."""
+    root, names, pairs, feats, matches = sift_run
+    aliased = write_pairs(
+        tmp_path / "pairs.txt",
+        [
+            f"./{names[0]} {names[1]}",
+            f"{names[0]} {names[2].replace('/', '//')}",
+            f"{names[1].replace('/', '/./')} {names[2]}",
+        ],
+    )
+    f, m = main(confs["sift"], aliased, root / "images", tmp_path)
+    check_hloc_files(f, m, pairs, root / "images")
+    check_canonical(f, m, pairs)
+
+
+def cli(*args) -> list:
+    cmd = [sys.executable, "-m", "p2p_hloc.match_pairs", "--conf", "sift"]
+    return [*cmd, *map(str, args)]
+
+
+CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def test_cli(sift_run, tmp_path):
+    """``python -m p2p_hloc.match_pairs``: ``--device``; one clean error line
+    naming file and line (exit 2), ``--debug`` for the traceback."""
+    from p2p_hloc.console import run_cli
+    from p2p_hloc.match_pairs import parser, run
+
     root, names, pairs, feats, matches = sift_run
-    cmd = [sys.executable, "-m", "p2p_hloc.match_pairs", "--conf", "sift"]
-    cmd += ["--pairs", root / "pairs.txt", "--image_dir", root / "images"]
-    cmd += ["--export_dir", tmp_path, "--matches", tmp_path / "m.h5"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(list(map(str, cmd)), env=env, check=True, capture_output=True)
-    check_hloc_files(
-        tmp_path / "feats_matches-sift-r1600-n4096.h5",
+    args = cli("--pairs", root / "pairs.txt", "--image_dir", root / "images")[3:]
+    args += [
+        "--export_dir",
+        tmp_path,
+        "--matches",
         tmp_path / "m.h5",
-        pairs,
-        root / "images",
+        "--device",
+        "cpu",
+    ]
+    assert run_cli(parser(), run, list(map(str, args))) == 0
+    f = tmp_path / "feats_matches-sift-r1600-n4096.h5"
+    check_hloc_files(f, tmp_path / "m.h5", pairs, root / "images")
+    bad = write_pairs(tmp_path / "bad.txt", [pairs[0], "a.png b.png # night"])
+    cmd = cli("--pairs", bad, "--image_dir", root / "images", "--export_dir", tmp_path)
+    r = subprocess.run(cmd, env=CLI_ENV, capture_output=True, text=True)
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if ": error:" in line]
+    assert errors == [
+        f"match_pairs.py: error: {bad}:2: a '#' comment must have a line of its own "
+        "(hloc's pairs format has no comments after the names): 'a.png b.png # night' "
+        "(--debug for the traceback)"
+    ]
+    assert "Traceback" not in r.stderr
+    with pytest.raises(PairsError, match="bad.txt:2"):
+        run_cli(parser(), run, cmd[3:] + ["--debug"])
+
+
+def test_two_identical_runs_at_once(sift_run, tmp_path):
+    """The second run waits for the first (saying so), then finds its pairs
+    done; both exit 0 with files that agree."""
+    root, names, pairs, feats, matches = sift_run
+    cmd = cli("--pairs", root / "pairs.txt", "--image_dir", root / "images")
+    cmd += ["--export_dir", tmp_path, "--num_workers", "0"]
+    f, m = (tmp_path / n for n in SIFT_FILES)
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    with file_lock(m, "the test"):  # both runs start while it is held
+        procs = []
+        for log in logs:
+            with log.open("w") as out:
+                procs.append(subprocess.Popen(cmd, env=CLI_ENV, stderr=out))
+        for log, proc in zip(logs, procs):
+            while "Waiting for" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+    assert [p.wait() for p in procs] == [0, 0]
+    texts = [log.read_text() for log in logs]
+    assert all(f"Waiting for {m}.lock: another run holds it" in t for t in texts)
+    assert sorted("3 pairs, 3 already in" in t for t in texts) == [False, True]
+    check_hloc_files(f, m, pairs, root / "images")
+    check_canonical(f, m, pairs)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".h5") == sorted(
+        SIFT_FILES
     )
+    assert not list(tmp_path.glob("*.raw")) and not list(tmp_path.glob("*.tmp*"))
 
 
 def test_with_precision():

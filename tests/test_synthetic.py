@@ -49,7 +49,7 @@ def test_pose_errors(tmp_path):
         tmp_path / "gt.txt", {"a/x.jpg": (q, np.zeros(3)), "b/y.jpg": (q, np.zeros(3))}
     )
     est = write_poses(tmp_path / "est.txt", {"a/x.jpg": (q, np.array([0.3, 0, 0]))})
-    report = evaluate(est, gt, THRESHOLDS["aachen"])
+    report = evaluate(est, gt, THRESHOLDS["aachen"], ["a/x.jpg", "b/y.jpg"])
     assert report["errors"]["y.jpg"]["translation_m"] == float("inf")
     assert report["recall"] == {
         "0.25m,2.0deg": 0.0,

@@ -51,11 +51,14 @@ def estimate_homography(
     kpts1: np.ndarray,
     solver: str = "degensac",
     threshold: float = 2.0,
+    seed: int = 0,
 ) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """Robustly fit ``H`` with ``kpts1 ~ H(kpts0)``.
 
-    Returns ``(H, inlier_mask)``; ``H`` is None when there are fewer than 4
-    matches or the solver fails or returns a degenerate matrix.
+    ``seed``: of DEGENSAC's sampling (-1: unseeded, different in every
+    process); OpenCV's RANSAC has a fixed internal seed. Returns
+    ``(H, inlier_mask)``; ``H`` is None when there are fewer than 4 matches or
+    the solver fails or returns a degenerate matrix.
     """
     kpts0 = np.ascontiguousarray(kpts0, dtype=np.float64).reshape(-1, 2)
     kpts1 = np.ascontiguousarray(kpts1, dtype=np.float64).reshape(-1, 2)
@@ -63,7 +66,7 @@ def estimate_homography(
     if len(kpts0) < 4:
         return None, inliers
     if solver == "degensac":
-        H, mask = pydegensac.findHomography(kpts0, kpts1, threshold)
+        H, mask = pydegensac.findHomography(kpts0, kpts1, threshold, seed=seed)
     elif solver == "opencv":
         H, mask = cv2.findHomography(kpts0, kpts1, cv2.RANSAC, threshold)
     else:

@@ -6,6 +6,7 @@ from .h5 import (  # noqa: F401
     from_hloc_coords,
     get_keypoints,
     get_matches,
+    get_raw_matches,
     list_h5_names,
     names_to_pair,
     to_hloc_coords,
@@ -15,6 +16,7 @@ from .h5 import (  # noqa: F401
 from .raw import RawMatches, RawMatchesError  # noqa: F401
 from .text import (  # noqa: F401
     PairsError,
+    canonical_name,
     parse_pairs,
     parse_queries,
     parse_retrieval,

@@ -196,3 +196,22 @@ def get_matches(path: Path, name0: str, name1: str) -> Tuple[np.ndarray, np.ndar
     if reverse:
         pairs = np.flip(pairs, -1)
     return pairs, scores[idx]
+
+
+RAW_KEYS = ("keypoints0", "keypoints1", "scores")
+
+
+def get_raw_matches(
+    path: Path, name0: str, name1: str
+) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A dense pair's raw matches stored beside ``matches0`` (hloc's
+    ``match_dense`` layout): ``keypoints0`` of ``name0`` and ``keypoints1`` of
+    ``name1`` ``(M, 2)`` (hloc convention, swapped if the pair is stored
+    reversed) and ``scores`` ``(M,)``; None if the pair has none (a sparse
+    matcher's file)."""
+    with open_h5(path) as f:
+        key, reverse = find_pair(f, name0, name1)
+        if any(k not in f[key] for k in RAW_KEYS):
+            return None
+        kp0, kp1, scores = (f[key][k][()] for k in RAW_KEYS)
+    return (kp1, kp0, scores) if reverse else (kp0, kp1, scores)

@@ -37,7 +37,7 @@ class RawMatchesError(RuntimeError):
     hold the expected pair; the message names the file."""
 
 
-def check_raw(data: Mapping[str, Any], where: str) -> Dict[str, Any]:
+def validate_raw(data: Mapping[str, Any], where: str) -> Dict[str, Any]:
     """Check raw matches against the format; ``where`` names them in errors.
 
     Returns:
@@ -96,12 +96,12 @@ def check_raw(data: Mapping[str, Any], where: str) -> Dict[str, Any]:
 
 
 def read_raw(path: Path) -> Dict[str, Any]:
-    """Read and check one raw-match file (``check_raw``); errors name it."""
+    """Read and check one raw-match file (``validate_raw``); errors name it."""
     try:
         data = _read_npz(Path(path))
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise RawMatchesError(f"corrupt raw-match file {path}: {e}") from e
-    return check_raw(data, str(path))
+    return validate_raw(data, str(path))
 
 
 _HEADER = re.compile(
@@ -222,13 +222,13 @@ class RawMatches:
             for k in ("keypoints0", "keypoints1")
         }
         data = {"name0": name0, "name1": name1, **pred, **data}
-        check_raw(data, f"raw matches of the pair ({name0}, {name1})")
+        validate_raw(data, f"raw matches of the pair ({name0}, {name1})")
         buf = io.BytesIO()
         np.savez(buf, **{k: data[k] for k in RAW_KEYS})
         _write_atomic(self.path(name0, name1), buf.getvalue())
 
     def read(self, name0: str, name1: str) -> Dict[str, Any]:
-        """The checked raw matches of a pair (``check_raw``, hloc's
+        """The checked raw matches of a pair (``validate_raw``, hloc's
         convention)."""
         path = self.path(name0, name1)
         try:
@@ -241,33 +241,29 @@ class RawMatches:
             raise RawMatchesError(f"{path} does not hold the pair ({name0}, {name1})")
         return data
 
-    def check(self, name0: str, name1: str) -> None:
-        """Raise ``RawMatchesError`` if the stored file of a pair is unusable
-        (reads it once: call it on resumed pairs before matching the rest)."""
-        self.read(name0, name1)
-
     def empty(self) -> bool:
         """True when the store holds no pair (it may have a ``meta.json``)."""
         if not self.root.is_dir():
             return True
         return next(raw_files(self.root), None) is None
 
-    def meta(self) -> Dict[str, Any]:
-        """The provenance record set by ``set_meta``; ``{}`` when none."""
+    def meta(self) -> Optional[Dict[str, Any]]:
+        """What produced the stored matches (``set_meta``), or ``None``."""
         path = self.root / "meta.json"
         if not path.is_file():
-            return {}
+            return None
         try:
-            meta = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as e:
-            raise RawMatchesError(f"corrupt {path}: {e}; delete it") from e
-        if not isinstance(meta, dict):
-            raise RawMatchesError(f"corrupt {path}: not a JSON object; delete it")
-        return meta
+            raise RawMatchesError(
+                f"corrupt {path} ({e}); delete the folder {self.root} to recompute "
+                "its pairs"
+            ) from e
 
     def set_meta(self, meta: Mapping[str, Any]) -> None:
-        """Replace the provenance record (JSON-serialisable; atomic)."""
-        _write_atomic(self.root / "meta.json", json.dumps(meta, indent=1).encode())
+        """Record what produces the stored matches (JSON data), atomically."""
+        data = json.dumps(meta, indent=1, sort_keys=True).encode()
+        _write_atomic(self.root / "meta.json", data)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

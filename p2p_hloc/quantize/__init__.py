@@ -44,4 +44,10 @@ from .core import (  # noqa: F401
     unique_pairs,
 )
 from .in_memory import Quantized, quantize_pairs  # noqa: F401
-from .step import DiskSpaceError, Summary, main, write_phase  # noqa: F401
+from .step import (  # noqa: F401
+    DiskSpaceError,
+    Summary,
+    main,
+    read_pending,
+    write_phase,
+)

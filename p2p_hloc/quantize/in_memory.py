@@ -6,7 +6,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io.raw import RawMatchesError, check_raw
+from ..io.raw import RawMatchesError, validate_raw
 from .core import (
     Pair,
     build_image,
@@ -98,7 +98,7 @@ def quantize_pairs(
     chunks: Dict[str, List[Tuple[int, int]]] = defaultdict(list)
     for p, (n0, n1) in enumerate(pairs):
         where = f"raw matches of the pair ({n0}, {n1})"
-        r = check_raw({"name0": n0, "name1": n1, **raw[index[n0, n1]]}, where)
+        r = validate_raw({"name0": n0, "name1": n1, **raw[index[n0, n1]]}, where)
         if (r["name0"], r["name1"]) != (n0, n1):
             raise RawMatchesError(f"{where}: they name ({r['name0']}, {r['name1']})")
         data.append(r)

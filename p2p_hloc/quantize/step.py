@@ -96,29 +96,33 @@ def _remove_stale(features: Path, matches: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-class _Pending:
-    """``<matches>.pending.json``: the images and pairs of a write phase
-    between its two renames."""
+def _pending_path(matches: Path) -> Path:
+    return matches.with_name(matches.name + ".pending.json")
 
-    def __init__(self, matches: Path):
-        self.path = matches.with_name(matches.name + ".pending.json")
 
-    def read(self) -> Tuple[Set[str], List[Pair]]:
-        if not self.path.is_file():
-            return set(), []
-        try:
-            data = json.loads(self.path.read_text())
-            return set(data["names"]), [tuple(p) for p in data["pairs"]]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise InputError(f"corrupt {self.path}: {e}; delete it") from e
+def read_pending(matches: Path) -> Tuple[Set[str], List[Pair]]:
+    """The images and pairs that a write phase into ``matches`` was adding
+    when it stopped between its two renames (``<matches>.pending.json``);
+    empty when none. A corrupt record raises ``InputError`` naming it."""
+    path = _pending_path(Path(matches))
+    if not path.is_file():
+        return set(), []
+    try:
+        data = json.loads(path.read_text())
+        return set(data["names"]), [(p[0], p[1]) for p in data["pairs"]]
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"corrupt {path} ({type(e).__name__}: {e}); it lists what a run "
+            "stopped while writing its outputs was adding: delete it to resume "
+            "(the keypoints that run already wrote are then kept as they are)"
+        ) from e
 
-    def write(self, names: Iterable[str], pairs: Iterable[Pair]) -> None:
-        tmp = _temporary(self.path)
-        tmp.write_text(json.dumps({"names": sorted(names), "pairs": list(pairs)}))
-        os.replace(tmp, self.path)
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+def _write_pending(matches: Path, names: Iterable[str], pairs: Iterable[Pair]):
+    path = _pending_path(matches)
+    tmp = _temporary(path)
+    tmp.write_text(json.dumps({"names": sorted(names), "pairs": list(pairs)}))
+    os.replace(tmp, path)
 
 
 def _registry(features: Path) -> List[Path]:
@@ -257,14 +261,14 @@ def write_phase(
     summary = Summary()
     timed = partial(_timed, summary.seconds)
     with ExitStack() as stack:
-        stack.enter_context(file_lock(features, f"writing {features.name}"))
+        # the matches file's lock first, as match_pairs takes it
         stack.enter_context(file_lock(matches, f"writing {matches.name}"))
+        stack.enter_context(file_lock(features, f"writing {features.name}"))
         _remove_stale(features, matches)
-        pending = _Pending(matches)
-        pending_names, pending_pairs = pending.read()
+        pending_names, pending_pairs = read_pending(matches)
         keys = _pair_keys(matches)
         if pending_pairs and all(_is_done(keys, *p) for p in pending_pairs):
-            pending.clear()  # the run that wrote it got to its last rename
+            _pending_path(matches).unlink()  # that run got to its last rename
             pending_names = set()
         todo = [p for p in pairs if overwrite or not _is_done(keys, *p)]
         if not todo:
@@ -428,10 +432,10 @@ def write_phase(
 
         # 4. the renames
         with timed("rename"):
-            pending.write([n for n in n_kps if n not in fixed], oriented)
+            _write_pending(matches, [n for n in n_kps if n not in fixed], oriented)
             ftmp.replace(features)
             mtmp.replace(matches)
-            pending.clear()
+            _pending_path(matches).unlink()
     logger.info(
         "Quantized %d raw matches of %d pairs: %d keypoints in %d new images "
         "(%d fixed), %d matches. Seconds: %s.",
@@ -459,6 +463,7 @@ def main(
     psize: float = 48,
     max_kps: Optional[int] = None,
     overwrite: bool = False,
+    workers: Optional[int] = None,
 ) -> Tuple[Path, Path]:
     """Quantize a raw folder (any tree of raw-match ``.npz`` files, the format
     of ``io.raw``) for the pairs of a pairs file into hloc's files.
@@ -470,7 +475,7 @@ def main(
         features, matches: outputs, created or added to (``write_phase``).
         radius, min_score, method, psize, max_kps: as ``quantize_pairs``.
         features_ref: feature files whose keypoints stay fixed.
-        overwrite: see ``write_phase``.
+        overwrite, workers: see ``write_phase``.
     Returns:
         The paths of the features and matches files.
     """
@@ -489,6 +494,7 @@ def main(
         max_kps=max_kps,
         overwrite=overwrite,
         source=str(raw),
+        workers=workers,
     )
     return Path(features), Path(matches)
 
@@ -510,4 +516,5 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_kps", type=int, help="keypoints kept per new image")
     p.add_argument("--features_ref", type=Path, nargs="+")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=int, help="processes (default: by size)")
     return p
