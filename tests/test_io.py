@@ -16,7 +16,7 @@ from p2p_hloc.io import (
     write_keypoints,
     write_matches,
 )
-from p2p_hloc.io.h5 import H5Error, check_features, find_pair, open_h5
+from p2p_hloc.io.h5 import H5Error, find_pair, open_h5
 from p2p_hloc.io.raw import RAW_KEYS, RawMatches, RawMatchesError
 
 
@@ -115,16 +115,26 @@ def test_raw_matches(tmp_path):
     assert not (tmp_path / "raw").exists() and raw.empty()
 
 
-def test_check_features(tmp_path):
-    feats = tmp_path / "f.h5"
-    write_keypoints(feats, "db/a.jpg", np.ones((3, 2)), (640, 480))
-    write_keypoints(feats, "q.jpg", np.ones((1, 2)), (64, 48))
-    assert check_features(feats) == {"db/a.jpg": (640, 480), "q.jpg": (64, 48)}
-    assert check_features(feats, ["q.jpg", "nope.jpg"]) == {"q.jpg": (64, 48)}
-    with h5py.File(feats, "a") as f:
-        del f["q.jpg/image_size"]
-    with pytest.raises(H5Error, match=r"f.h5: image 'q.jpg' has no image_size"):
-        check_features(feats, ["q.jpg"])
-    feats.write_bytes(b"garbage")
-    with pytest.raises(H5Error, match="f.h5"):
-        check_features(feats)
+def test_file_lock_nested_and_held(tmp_path):
+    """A process may take a lock it holds again (match_pairs' run lock and
+    the write phase inside it); another process waits, and times out."""
+    import subprocess
+    import sys
+
+    from p2p_hloc.io.lock import file_lock
+
+    path = tmp_path / "m.h5"
+    other = (
+        "import sys; from p2p_hloc.io.lock import file_lock, LockTimeout\n"
+        "try:\n"
+        f"    with file_lock({str(path)!r}, timeout=0.3, poll=0.05): sys.exit(0)\n"
+        "except LockTimeout as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    with file_lock(path, "outer"):
+        with file_lock(path, "inner"):
+            p = subprocess.run([sys.executable, "-c", other], capture_output=True)
+            assert p.returncode == 3 and b"still held" in p.stdout
+        p = subprocess.run([sys.executable, "-c", other], capture_output=True)
+        assert p.returncode == 3  # the inner block did not release it
+    assert subprocess.run([sys.executable, "-c", other]).returncode == 0

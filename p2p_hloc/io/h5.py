@@ -8,7 +8,7 @@ one conversion between the two.
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import ContextManager, Dict, Iterable, Optional, Set, Tuple, Union
+from typing import ContextManager, Optional, Set, Tuple, Union
 
 import h5py
 import numpy as np
@@ -125,45 +125,6 @@ def write_matches(
         _dataset(g, "matching_scores0", np.asarray(scores0, np.float16))
         for k, v in extra.items():
             _dataset(g, k, np.asarray(v))
-
-
-def check_features(
-    path: Path, names: Optional[Iterable[str]] = None
-) -> Dict[str, Tuple[int, int]]:
-    """Check a features file without reading its keypoints: it opens, and each
-    image of ``names`` that it has (all images when ``None``) has
-    ``keypoints`` ``(N, 2)`` and ``image_size`` ``(2,)``.
-
-    Returns:
-        ``{name: (width, height)}`` of those images.
-    Raises:
-        H5Error: naming the file and the image.
-    """
-    if names is None:
-        names = sorted(list_h5_names(path))
-    sizes = {}
-    with open_h5(path) as f:
-        for name in names:
-            try:
-                sizes.update(_image_size(f, name))
-            except (OSError, KeyError, ValueError) as e:
-                raise H5Error(f"{path}: unreadable entry of image {name!r}: {e}") from e
-    return sizes
-
-
-def _image_size(f: h5py.File, name: str) -> Dict[str, Tuple[int, int]]:
-    if name not in f:
-        return {}
-    g = f[name]
-    if not isinstance(g, h5py.Group) or "keypoints" not in g:
-        raise H5Error(f"{f.filename}: image {name!r} has no keypoints")
-    shape = g["keypoints"].shape
-    if len(shape) != 2 or shape[1] != 2:
-        raise H5Error(f"{f.filename}: keypoints of {name!r} have shape {shape}")
-    size = g["image_size"][()] if "image_size" in g else None
-    if size is None or np.shape(size) != (2,):
-        raise H5Error(f"{f.filename}: image {name!r} has no image_size (W, H)")
-    return {name: (int(size[0]), int(size[1]))}
 
 
 def get_keypoints(path: Path, name: str) -> np.ndarray:
