@@ -65,19 +65,21 @@ def _opened(target: H5Target) -> ContextManager[h5py.File]:
     return open_h5(target, "a")
 
 
+_CREATE = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+_CREATE.set_obj_track_times(False)  # as h5py: files do not depend on the time
+
+
 def _dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
     """``group.create_dataset(name, data=array)`` through h5py's low-level
     API: the same contiguous dataset in a third less time, which counts at
     tens of thousands of pairs."""
     array = np.ascontiguousarray(array)
-    space = (
-        h5py.h5s.create_simple(array.shape)
-        if array.ndim
-        else h5py.h5s.create(h5py.h5s.SCALAR)
-    )
-    dset = h5py.h5d.create(
-        group.id, name.encode(), h5py.h5t.py_create(array.dtype), space
-    )
+    if array.ndim:
+        space = h5py.h5s.create_simple(array.shape)
+    else:
+        space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dtype = h5py.h5t.py_create(array.dtype)
+    dset = h5py.h5d.create(group.id, name.encode(), dtype, space, dcpl=_CREATE)
     if array.size:
         dset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
 

@@ -53,7 +53,7 @@ def _neighbours(points: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarr
     col = np.floor(x / radius)
     height = np.ptp(y) + 4 * radius + 1
     key = (col - col.min()) * height + (y - y.min())
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)  # (any order of equal keys gives the same pairs)
     key = key[order]
     pad = 1.01 * radius
     found = []
@@ -103,20 +103,27 @@ def cluster_points(
     return kps, out, sums
 
 
-def _sort_by_value(points: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``np.lexsort((scores, y, x))``, faster when few x are equal: an argsort
-    by x, then the runs of equal x sorted by (y, score)."""
-    perm = np.argsort(points[:, 0], kind="stable")
-    x = points[perm, 0]
-    tie = np.r_[False, x[1:] == x[:-1]]
+def _argsort(first: np.ndarray, *then: np.ndarray) -> np.ndarray:
+    """``np.lexsort((*reversed(then), first))`` (ties to the smaller index),
+    faster when few values of ``first`` are equal: numpy's unstable sort,
+    then the runs of equal ``first`` sorted by ``then`` and index."""
+    order = np.argsort(first)
+    v = first[order]
+    tie = np.r_[False, v[1:] == v[:-1]]
     if not tie.any():
-        return perm
+        return order
     run = np.cumsum(~tie)
     tie[:-1] |= tie[1:]  # the first of each run too
     at = np.flatnonzero(tie)
-    sub = perm[at]
-    perm[at] = sub[np.lexsort((scores[sub], points[sub, 1], run[at]))]
-    return perm
+    sub = order[at]
+    keys = (sub,) + tuple(t[sub] for t in reversed(then)) + (run[at],)
+    order[at] = sub[np.lexsort(keys)]
+    return order
+
+
+def _sort_by_value(points: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``np.lexsort((scores, y, x))``."""
+    return _argsort(points[:, 0], points[:, 1], scores)
 
 
 def _seeds(i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np.ndarray:
@@ -148,7 +155,7 @@ def _cluster_sorted(
     n = len(points)
     i, j = _neighbours(points, radius)
     density = scores + np.bincount(i, weights=scores[j], minlength=n)
-    # by decreasing density, ties by (x, y): the points are sorted by (x, y)
+    # by decreasing density, ties (many: cliques) by (x, y), the points' order
     order = np.argsort(-density, kind="stable")
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
@@ -159,11 +166,10 @@ def _cluster_sorted(
     labels = np.full(n, -1, np.int64)
     labels[order[seed[order]]] = np.arange(k)
     join = ~seed[i] & seed[j]
-    a, b = i[join], j[join]
-    first = np.argsort(a * n + rank[b])
-    a, b = a[first], b[first]
-    head = np.r_[True, a[1:] != a[:-1]][: len(a)]
-    labels[a[head]] = labels[b[head]]
+    first = np.full(n, n)
+    np.minimum.at(first, i[join], rank[j[join]])
+    taken = first < n
+    labels[taken] = labels[order[first[taken]]]
     counts = np.bincount(labels, minlength=k)
     centres = np.stack(
         [
@@ -204,11 +210,25 @@ def unique_matches(
     valid = np.flatnonzero((ids0 >= 0) & (ids1 >= 0))
     best = np.zeros((2, len(ids0)), bool)
     for side, (a, b) in enumerate(((ids0, ids1), (ids1, ids0))):
-        # per id: the best score, ties to the smaller other id, then index
-        run = valid[np.lexsort((b[valid], -scores[valid], a[valid]))]
-        best[side, run[np.r_[True, a[run[1:]] != a[run[:-1]]][: len(run)]]] = True
+        best[side, _best_per_id(a[valid], b[valid], scores[valid], valid)] = True
     keep = np.flatnonzero(best[0] & best[1])
-    return keep[np.argsort(ids0[keep], kind="stable")]
+    return keep[np.argsort(ids0[keep])]
+
+
+def _best_per_id(a: np.ndarray, b: np.ndarray, s: np.ndarray, index: np.ndarray):
+    """Per distinct ``a``, the ``index`` of its entry with the largest ``s``,
+    ties to the smaller ``b``, then the smaller ``index`` (no sorting)."""
+    if len(a) == 0:
+        return index
+    k = int(a.max()) + 1
+    top = np.full(k, -np.inf)
+    np.maximum.at(top, a, s)
+    tie = s == top[a]
+    for key in (b, index):
+        low = np.full(k, np.iinfo(np.int64).max)
+        np.minimum.at(low, a[tie], key[tie])
+        tie &= key == low[a]
+    return index[tie]
 
 
 def top_keypoints(scores: np.ndarray, max_kps: Optional[int]) -> np.ndarray:
