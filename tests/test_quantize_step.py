@@ -224,6 +224,8 @@ def test_bad_raw_files_are_named(tmp_path):
         np.savez(bad, **data)
         with pytest.raises(RawMatchesError, match=f"bad.npz.*{message}"):
             main(pairs, tmp_path / "raw", f, m)
+    with pytest.raises(RawMatchesError, match="bad.npz.*size0"):  # from a worker
+        main(pairs, tmp_path / "raw", f, m, workers=2)
     bad.write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(RawMatchesError, match="bad.npz"):
         main(pairs, tmp_path / "raw", f, m)

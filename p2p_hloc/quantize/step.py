@@ -38,7 +38,7 @@ from ..io.raw import RawMatchesError, raw_files
 from ..io.text import parse_pairs
 from .core import METHODS, Pair, unique_pairs
 from .in_memory import note_size
-from .spill import Found, Record, Settings, Workers, image_task, pairs_task, read_files
+from .spill import Record, Settings, Workers, image_task, pairs_task, read_files
 
 REGISTRY = "p2p_hloc_matches_files"  # attribute of a features file
 BATCH = 32  # files or pairs per task
@@ -321,7 +321,9 @@ def write_phase(
         stack.callback(pool.close)
         want = {p: i for i, p in enumerate(todo)}
         want.update({p[::-1]: i for i, p in enumerate(todo)})
-        found: List[Optional[Found]] = [None] * len(todo)
+        found: List[Optional[Record]] = [None] * len(todo)
+        where: Dict[int, str] = {}  # the file of each pair, for messages
+        flip = np.zeros(len(todo), bool)  # stored in the other direction
         sizes: Dict[str, np.ndarray] = {}
         batches = [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
         with timed("read"), tqdm(total=len(files), desc="raw files") as bar:
@@ -331,26 +333,27 @@ def write_phase(
                     p = want[f.name0, f.name1]
                     if found[p] is not None:
                         raise RawMatchesError(
-                            f"{f.path} and {found[p].path} both hold the pair "
+                            f"{f.path} and {where[p]} both hold the pair "
                             f"({f.name0}, {f.name1}); remove one"
                         )
                     note_size(sizes, f.name0, f.size0, f.path)
                     note_size(sizes, f.name1, f.size1, f.path)
-                    found[p] = f
+                    found[p], where[p] = f.record, f.path
+                    flip[p] = (f.name0, f.name1) != todo[p]
         missing = [todo[p] for p, f in enumerate(found) if f is None]
         if missing:
             raise RawMatchesError(
                 f"{source}: no raw matches for {len(missing)} of the "
                 f"{len(todo)} pairs, e.g. {', '.join(map(str, missing[:3]))}"
             )
-        del want
-        start = np.cumsum([0] + [8 * f.record.count for f in found])
+        del want, where
+        start = np.cumsum([0] + [8 * r.count for r in found])
         with open(folder / "labels", "wb") as labels:
             labels.truncate(int(start[-1]))
-        records = [f.record._replace(labels=int(o)) for f, o in zip(found, start)]
-        oriented = [(f.name0, f.name1) for f in found]
+        records = [r._replace(labels=int(o)) for r, o in zip(found, start)]
+        oriented = [p[::-1] if f else p for p, f in zip(todo, flip)]
         summary.raw_matches = sum(r.count for r in records)
-        del found, start
+        del found, start, flip
         chunks: Dict[str, List[Tuple[Record, int]]] = defaultdict(list)
         for r, pair in zip(records, oriented):  # in pairs order
             for side, name in enumerate(pair):
