@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_match_pairs import h5_content
 
 from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
 from p2p_hloc.io.lock import file_lock
@@ -20,15 +21,6 @@ from p2p_hloc.quantize import main, quantize_pairs, step
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [np.array([96, 64]), np.array([80, 120])]
-
-
-def h5_content(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
-        )
-    return out
 
 
 def assert_same_files(a: Path, b: Path) -> None:
@@ -140,27 +132,16 @@ def test_step_equals_in_memory(tmp_path, workers):
 
 
 def test_order_of_pairs_and_files_does_not_matter(tmp_path):
-    make_raw(tmp_path / "raw", PAIRS, layout="nested")
-    main(
-        write_pairs(tmp_path / "p.txt", PAIRS),
-        tmp_path / "raw",
-        tmp_path / "a/f.h5",
-        tmp_path / "a/m.h5",
-        min_score=0.1,
-    )
+    make_raw(tmp_path / "a/raw", PAIRS, layout="nested")
     # other file names and folders, pairs in another order and direction
-    make_raw(tmp_path / "raw2", PAIRS, layout="flat")
-    for k, f in enumerate(sorted((tmp_path / "raw2").glob("*.npz"))):
+    make_raw(tmp_path / "b/raw", PAIRS, layout="flat")
+    for k, f in enumerate(sorted((tmp_path / "b/raw").glob("*.npz"))):
         f.rename(f.with_name(f"z{len(PAIRS) - k}.npz"))
     shuffled = [PAIRS[i] for i in (3, 1, 7, 0, 2, 6, 4, 5)]
     shuffled[0] = shuffled[0][::-1]
-    main(
-        write_pairs(tmp_path / "q.txt", shuffled),
-        tmp_path / "raw2",
-        tmp_path / "b/f.h5",
-        tmp_path / "b/m.h5",
-        min_score=0.1,
-    )
+    for run, pairs in (("a", PAIRS), ("b", shuffled)):
+        out = tmp_path / run
+        main(write_pairs(out / "p.txt", pairs), out / "raw", out / "f.h5", out / "m.h5")
     assert_same_files(tmp_path / "a/f.h5", tmp_path / "b/f.h5")
     assert_same_files(tmp_path / "a/m.h5", tmp_path / "b/m.h5")
 
