@@ -87,6 +87,7 @@ def _remove_stale(features: Path, matches: Path) -> None:
     for path in (features, matches):
         stale = list(path.parent.glob(f"{path.name}.tmp-*"))
         stale += list(path.parent.glob(f"{path.name}.spill-*"))
+        stale += list(path.parent.glob(f"{path.name}.pending.json.tmp-*"))
         stale += [path.with_name(path.name + ".tmp")]
         for p in stale:
             if p.is_dir():
@@ -167,19 +168,25 @@ def _fixed_sources(names: Set[str], files: Sequence[Path]) -> Dict[str, int]:
     return where
 
 
-def _check_space(paths: Sequence[Path], raw_bytes: int, folder: Path) -> None:
-    """Raise ``DiskSpaceError`` unless ``folder`` has room for copies of
-    ``paths``, the spill and the new data (about three times the raw files)."""
-    existing = sum(p.stat().st_size for p in paths if p.exists())
-    need = existing + 3 * raw_bytes + (64 << 20)
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise DiskSpaceError(
-            f"not enough free space in {folder} for the write phase: about "
-            f"{need / 2**30:.1f} GiB needed (copies of {', '.join(p.name for p in paths)}"
-            f" and about 3x the {raw_bytes / 2**30:.1f} GiB of raw matches), "
-            f"{free / 2**30:.1f} GiB free"
-        )
+def _check_space(features: Path, matches: Path, raw_bytes: int) -> None:
+    """Raise ``DiskSpaceError`` unless there is room for copies of both files,
+    the temporary folder and the new data: about 4.5 times the raw files
+    (the spill 1.4x, the new pairs of hloc's format 2.7x, new keypoints)."""
+    need: Dict[int, list] = {}
+    for path, size in ((matches, 4.2 * raw_bytes), (features, 0.3 * raw_bytes)):
+        folder = path.parent
+        device = os.stat(folder).st_dev
+        size += path.stat().st_size if path.exists() else 0
+        need.setdefault(device, [folder, 64 << 20])[1] += size
+    for folder, size in need.values():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise DiskSpaceError(
+                f"not enough free space in {folder} for the write phase: about "
+                f"{size / 2**30:.1f} GiB needed (copies of {features.name} and "
+                f"{matches.name}, about 4.5x the {raw_bytes / 2**30:.2f} GiB of "
+                f"raw matches), {free / 2**30:.1f} GiB free"
+            )
 
 
 def _workers(workers: Optional[int], n_pairs: int) -> int:
@@ -298,11 +305,7 @@ def write_phase(
         )
         sources = [features] + refs
         files = [str(f) for f in files]
-        _check_space(
-            [features, matches],
-            sum(os.stat(f).st_size for f in files if os.path.isfile(f)),
-            matches.parent,
-        )
+        _check_space(features, matches, sum(os.stat(f).st_size for f in files))
 
         # 1. every raw file once, into the temporary folder
         folder = _temporary(matches, "spill")
