@@ -516,7 +516,7 @@ def test_disk_full(tmp_path, monkeypatch):
         if len(calls) > 2:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(step, "write_matches", full)
+    monkeypatch.setattr(step.MatchesWriter, "add", full)
     with pytest.raises(OSError, match="No space left"):
         main(pairs_file, tmp_path / "raw", f, m)
     assert sorted(os.listdir(f.parent)) == ["f.h5", "f.h5.lock", "m.h5", "m.h5.lock"]

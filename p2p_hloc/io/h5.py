@@ -8,7 +8,7 @@ one conversion between the two.
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import ContextManager, Optional, Set, Tuple, Union
+from typing import ContextManager, Dict, Optional, Set, Tuple, Union
 
 import h5py
 import numpy as np
@@ -69,7 +69,7 @@ _CREATE = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
 _CREATE.set_obj_track_times(False)  # as h5py: files do not depend on the time
 
 
-def _dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
+def _dataset(group: Union[h5py.Group, h5py.h5g.GroupID], name: str, array) -> None:
     """``group.create_dataset(name, data=array)`` through h5py's low-level
     API: the same contiguous dataset in a third less time, which counts at
     tens of thousands of pairs."""
@@ -79,7 +79,8 @@ def _dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
     else:
         space = h5py.h5s.create(h5py.h5s.SCALAR)
     dtype = h5py.h5t.py_create(array.dtype)
-    dset = h5py.h5d.create(group.id, name.encode(), dtype, space, dcpl=_CREATE)
+    gid = group if isinstance(group, h5py.h5g.GroupID) else group.id
+    dset = h5py.h5d.create(gid, name.encode(), dtype, space, dcpl=_CREATE)
     if array.size:
         dset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
 
@@ -117,12 +118,36 @@ def write_matches(
     """Write ``matches0`` ``(N0,)`` int32 (-1: unmatched) and
     ``matching_scores0`` ``(N0,)`` float16 under ``names_to_pair(name0, name1)``;
     ``extra`` arrays are stored beside them. ``target``: a path, or an open
-    ``h5py.File``."""
-    key = names_to_pair(name0, name1)
+    ``h5py.File`` (``MatchesWriter`` for many pairs)."""
     with _opened(target) as f:
-        if key in f:
-            del f[key]
-        g = f.create_group(key)
+        MatchesWriter(f).add(name0, name1, matches0, scores0, **extra)
+
+
+class MatchesWriter:
+    """Adds pairs to an open matches file, each first image's group looked up
+    once (at tens of thousands of pairs the lookups count)."""
+
+    def __init__(self, f: h5py.File):
+        self.f = f
+        self.groups: Dict[str, h5py.Group] = {}
+
+    def add(
+        self,
+        name0: str,
+        name1: str,
+        matches0: np.ndarray,
+        scores0: np.ndarray,
+        replace: bool = True,
+        **extra,
+    ) -> None:
+        """``write_matches`` into the open file; ``replace=False``: the pair
+        is known to be absent (no lookup)."""
+        a, b = (n.replace("/", "-") for n in (name0, name1))
+        if replace and f"{a}/{b}" in self.f:
+            del self.f[f"{a}/{b}"]
+        if a not in self.groups:
+            self.groups[a] = self.f.require_group(a)
+        g = h5py.h5g.create(self.groups[a].id, b.encode())
         _dataset(g, "matches0", np.asarray(matches0, np.int32))
         _dataset(g, "matching_scores0", np.asarray(scores0, np.float16))
         for k, v in extra.items():

@@ -54,25 +54,37 @@ def _neighbours(points: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarr
     height = np.ptp(y) + 4 * radius + 1
     key = (col - col.min()) * height + (y - y.min())
     order = np.argsort(key)  # (any order of equal keys gives the same pairs)
-    key = key[order]
+    key, xs, ys = key[order], x[order], y[order]
     pad = 1.01 * radius
     found = []
     for dc in (0, 1):
         if dc == 0:  # the points after this one in its column
             lo = np.arange(1, n + 1)
         else:
-            lo = np.searchsorted(key, key + height - pad, "left")
-        hi = np.searchsorted(key, key + dc * height + pad, "right")
+            lo = _insertion(key, key + height - pad, "left")
+        hi = _insertion(key, key + dc * height + pad, "right")
         count = np.maximum(hi - lo, 0)
         a = np.repeat(np.arange(n), count)
         b = np.arange(len(a)) + np.repeat(lo - (np.cumsum(count) - count), count)
-        a, b = order[a], order[b]
-        close = (x[a] - x[b]) ** 2 + (y[a] - y[b]) ** 2 < radius * radius
-        found += [a[close], b[close]]
+        close = (xs[a] - xs[b]) ** 2 + (ys[a] - ys[b]) ** 2 < radius * radius
+        found += [order[a[close]], order[b[close]]]
     return (
         np.concatenate(found[0::2] + found[1::2]),
         np.concatenate(found[1::2] + found[0::2]),
     )
+
+
+def _insertion(key: np.ndarray, queries: np.ndarray, side: str) -> np.ndarray:
+    """``np.searchsorted(key, queries, side)`` for sorted ``queries``: one
+    merge of the two sorted runs (timsort), twice as fast."""
+    n = len(queries)
+    if side == "left":  # equal queries before the keys
+        merged = np.argsort(np.concatenate([queries, key]), kind="stable")
+        at = np.flatnonzero(merged < n)
+    else:
+        merged = np.argsort(np.concatenate([key, queries]), kind="stable")
+        at = np.flatnonzero(merged >= len(key))
+    return at - np.arange(n)
 
 
 def cluster_points(
@@ -312,33 +324,39 @@ def build_image(
         their points) and per chunk the ``(M,)`` int64 keypoint index of each
         point (-1: none).
     """
-    valid = [np.asarray(s) >= min_score for _, s in chunks]
-    points = [np.asarray(p, np.float64)[v] for (p, _), v in zip(chunks, valid)]
-    scores = [np.asarray(s, np.float64)[v] for (_, s), v in zip(chunks, valid)]
+    points, scores, valid, splits = _gather(chunks, min_score)
     if method == "cluster":
-        kps, labels, sums = cluster_points(
-            np.concatenate(points or [np.zeros((0, 2))]),
-            np.concatenate(scores or [np.zeros(0)]),
-            radius,
-        )
-        ids = np.split(labels, np.cumsum([len(p) for p in points])[:-1])
-    elif method == "immatch":
+        kps, labels, sums = cluster_points(points[valid], scores[valid], radius)
+    elif method == "immatch":  # chunk after chunk
         q = ImmatchQuantizer(psize, radius)
-        ids = [q.add("", p) for p in points]
+        parts = [
+            (p[v], s[v])
+            for p, s, v in zip(*(np.split(a, splits) for a in (points, scores, valid)))
+        ]
+        ids = [q.add("", p) for p, _ in parts]
         kps = q.get("")
         sums = np.zeros(len(kps))
-        for i, s in zip(ids, scores):
+        for i, (_, s) in zip(ids, parts):
             sums = sums + np.bincount(i, weights=s, minlength=len(kps))
+        labels = np.concatenate(ids)
     else:
         raise ValueError(f"unknown quantization method {method!r}")
     remap = top_keypoints(sums, max_kps)
-    out = []
-    for v, i in zip(valid, ids):
-        full = np.full(len(v), -1, np.int64)
-        full[v] = remap[i]
-        out.append(full)
+    full = np.full(len(points), -1, np.int64)
+    full[valid] = remap[labels]
     keep = remap >= 0
-    return kps[keep], sums[keep], out
+    return kps[keep], sums[keep], np.split(full, splits)
+
+
+def _gather(chunks: Sequence[Chunk], min_score: float):
+    """All points ``(M, 2)`` and scores ``(M,)`` float64 of the chunks, the
+    mask of scores at least ``min_score`` and where the chunks split."""
+    splits = np.cumsum([len(s) for _, s in chunks])[:-1]
+    if len(chunks) == 0:
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0, bool), splits
+    points = np.concatenate([p for p, _ in chunks]).astype(np.float64, copy=False)
+    scores = np.concatenate([s for _, s in chunks]).astype(np.float64, copy=False)
+    return points.reshape(-1, 2), scores, scores >= min_score, splits
 
 
 def fixed_labels(
@@ -349,13 +367,10 @@ def fixed_labels(
 ) -> List[np.ndarray]:
     """Per chunk, the index of the fixed keypoint ``(K, 2)`` each point snaps
     to (``assign_fixed``), -1 for none or a score below ``min_score``."""
-    if len(chunks) == 0:
-        return []
-    points = np.concatenate([np.asarray(p, np.float64) for p, _ in chunks])
-    valid = np.concatenate([np.asarray(s) >= min_score for _, s in chunks])
+    points, _, valid, splits = _gather(chunks, min_score)
     ids = np.full(len(points), -1, np.int64)
     ids[valid] = assign_fixed(points[valid], keypoints, radius)
-    return np.split(ids, np.cumsum([len(p) for p, _ in chunks])[:-1])
+    return np.split(ids, splits) if len(chunks) else []
 
 
 def pair_matches(

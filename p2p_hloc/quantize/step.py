@@ -32,7 +32,13 @@ from tqdm import tqdm
 
 from .. import logger
 from ..console import InputError
-from ..io.h5 import H5Error, names_to_pair, open_h5, write_keypoints, write_matches
+from ..io.h5 import (
+    H5Error,
+    MatchesWriter,
+    names_to_pair,
+    open_h5,
+    write_keypoints,
+)
 from ..io.lock import file_lock
 from ..io.raw import RawMatchesError, raw_files
 from ..io.text import parse_pairs
@@ -420,18 +426,25 @@ def write_phase(
             for i in range(0, len(records), BATCH)
         )
         with open_h5(mtmp, "a") as out, timed("pairs"):
+            writer = MatchesWriter(out)
             pairs_out = (x for batch in pool.map(pairs_task, tasks) for x in batch)
             for (n0, n1), (m0, s0, kp0, kp1, sc) in zip(
                 tqdm(oriented, desc="pairs", smoothing=0.1), pairs_out
             ):
                 summary.matches += int((m0 >= 0).sum())
                 with timed("matches_h5"):
-                    if overwrite:
-                        for key in (names_to_pair(n0, n1), names_to_pair(n1, n0)):
-                            if key in out:
-                                del out[key]
-                    write_matches(
-                        out, n0, n1, m0, s0, keypoints0=kp0, keypoints1=kp1, scores=sc
+                    for key in (names_to_pair(n0, n1), names_to_pair(n1, n0)):
+                        if key in keys:  # overwrite: the pair's old entry
+                            del out[key]
+                    writer.add(
+                        n0,
+                        n1,
+                        m0,
+                        s0,
+                        replace=False,
+                        keypoints0=kp0,
+                        keypoints1=kp1,
+                        scores=sc,
                     )
         summary.pairs = len(oriented)
         pool.close()
