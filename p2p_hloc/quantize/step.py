@@ -195,13 +195,6 @@ def _check_space(features: Path, matches: Path, raw_bytes: int) -> None:
             )
 
 
-def _workers(workers: Optional[int], n_pairs: int) -> int:
-    """``None``: one process below 2,000 pairs, else up to 4 processes."""
-    if workers is None:
-        workers = 1 if n_pairs < 2000 else min(4, os.cpu_count() or 1)
-    return max(1, workers)
-
-
 def _check_fixed(f: h5py.File, name: str, size: np.ndarray, out: h5py.File) -> None:
     """The stored size of a fixed image must be its raw matches' size; an
     image from a ``features_ref`` file is copied into the output."""
@@ -247,7 +240,7 @@ def write_phase(
     max_kps: Optional[int] = None,
     overwrite: bool = False,
     source: str = "the raw matches",
-    workers: Optional[int] = None,
+    workers: int = 1,
 ) -> Summary:
     """Quantize the raw matches of ``pairs`` into ``features`` and ``matches``.
 
@@ -265,7 +258,10 @@ def write_phase(
             (in ``matches`` or in another matches file written with
             ``features``) refer to: those keep their keypoints (logged).
         source: how errors name the raw files (e.g. the raw folder).
-        workers: processes (``None``: 1 below 2,000 pairs, else up to 4).
+        workers: processes that share the reading, the images and the pairs
+            (the calling process writes the files). More than one pays on a
+            machine with idle cores only: measured on a busy 2-core machine,
+            2 processes were slower than 1 (docs/performance.md).
     """
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}")
@@ -326,7 +322,7 @@ def write_phase(
             psize,
             max_kps,
         )
-        pool = Workers(settings, _workers(workers, len(todo)))
+        pool = Workers(settings, max(1, workers))
         stack.callback(pool.close)
         want = {p: i for i, p in enumerate(todo)}
         want.update({p[::-1]: i for i, p in enumerate(todo)})
@@ -482,7 +478,7 @@ def main(
     psize: float = 48,
     max_kps: Optional[int] = None,
     overwrite: bool = False,
-    workers: Optional[int] = None,
+    workers: int = 1,
 ) -> Tuple[Path, Path]:
     """Quantize a raw folder (any tree of raw-match ``.npz`` files, the format
     of ``io.raw``) for the pairs of a pairs file into hloc's files.
@@ -535,5 +531,5 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_kps", type=int, help="keypoints kept per new image")
     p.add_argument("--features_ref", type=Path, nargs="+")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--workers", type=int, help="processes (default: by size)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     return p
