@@ -204,7 +204,8 @@ def assign_fixed(
     points = np.asarray(points, np.float64).reshape(-1, 2)
     if len(points) == 0 or len(keypoints) == 0:
         return np.full(len(points), -1, np.int64)
-    dist, idx = cKDTree(np.asarray(keypoints, np.float64)).query(points)
+    tree = cKDTree(np.asarray(keypoints, np.float64), balanced_tree=False)
+    dist, idx = tree.query(points, distance_upper_bound=np.nextafter(radius, np.inf))
     return np.where(dist < radius, idx, -1).astype(np.int64)
 
 
