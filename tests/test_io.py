@@ -138,3 +138,41 @@ def test_file_lock_nested_and_held(tmp_path):
         p = subprocess.run([sys.executable, "-c", other], capture_output=True)
         assert p.returncode == 3  # the inner block did not release it
     assert subprocess.run([sys.executable, "-c", other]).returncode == 0
+
+
+def test_read_raw_names_any_damage(tmp_path):
+    """Truncated files and flipped bytes (stored or deflated) raise only
+    RawMatchesError naming the file, or read equal to np.load."""
+    import random
+
+    from p2p_hloc.io.raw import read_raw
+
+    path = tmp_path / "pair.npz"
+    arrays = dict(
+        name0="a",
+        name1="b",
+        keypoints0=np.ones((30, 2), np.float32),
+        keypoints1=np.zeros((30, 2)),
+        scores=np.linspace(0, 1, 30),
+        size0=np.array([9, 9]),
+        size1=np.array([9, 9]),
+    )
+    rng = random.Random(0)
+    for save in (np.savez, np.savez_compressed):
+        save(path, **arrays)
+        good = path.read_bytes()
+        data = read_raw(path)
+        for k in ("keypoints0", "keypoints1", "scores"):
+            np.testing.assert_array_equal(data[k], arrays[k])
+        for t in range(300):
+            damaged = bytearray(good)
+            if t % 2:
+                damaged = damaged[: rng.randrange(len(damaged))]
+            else:
+                for _ in range(3):
+                    damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            path.write_bytes(bytes(damaged))
+            try:
+                read_raw(path)
+            except RawMatchesError as e:
+                assert "pair.npz" in str(e)
