@@ -67,6 +67,7 @@ def _opened(target: H5Target) -> ContextManager[h5py.File]:
 
 _CREATE = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
 _CREATE.set_obj_track_times(False)  # as h5py: files do not depend on the time
+_TYPES: Dict[np.dtype, h5py.h5t.TypeID] = {}
 
 
 def _dataset(group: Union[h5py.Group, h5py.h5g.GroupID], name: str, array) -> None:
@@ -78,7 +79,9 @@ def _dataset(group: Union[h5py.Group, h5py.h5g.GroupID], name: str, array) -> No
         space = h5py.h5s.create_simple(array.shape)
     else:
         space = h5py.h5s.create(h5py.h5s.SCALAR)
-    dtype = h5py.h5t.py_create(array.dtype)
+    if array.dtype not in _TYPES:
+        _TYPES[array.dtype] = h5py.h5t.py_create(array.dtype)
+    dtype = _TYPES[array.dtype]
     gid = group if isinstance(group, h5py.h5g.GroupID) else group.id
     dset = h5py.h5d.create(gid, name.encode(), dtype, space, dcpl=_CREATE)
     if array.size:
