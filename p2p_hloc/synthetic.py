@@ -16,6 +16,7 @@ coordinates the corner convention (the centre of the top-left pixel is (0.5, 0.5
 import argparse
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,7 +29,7 @@ from scipy.spatial.transform import Rotation
 
 from .console import run_cli
 from .eval.poses import qvec_to_matrix, read_poses
-from .io import from_hloc_coords, parse_queries, write_pairs, write_poses
+from .io import parse_queries, write_pairs, write_poses
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -423,32 +424,24 @@ def write_dense_matches(
     features and matches files the way ``match_pairs`` does (``quantization``
     as in a conf; images already in ``features`` keep their keypoints; each
     pair group keeps its raw ``keypoints0``, ``keypoints1``, ``scores``)."""
-    from .match_pairs import clip_to_image, load_fixed, write_outputs
-    from .quantize import quantize_matches
+    from .io.raw import RawMatches
+    from .quantize import write_phase
 
     features, matches = Path(features), Path(matches)
-    names = {n for p in pairs for n in p}
-    fixed = load_fixed([features] if features.exists() else [], names)
-    data, sizes = [], {}
-    for (n0, n1), r in zip(pairs, raw):
-        sizes[n0], sizes[n1] = r["size0"], r["size1"]
-        data.append(
-            dict(
-                keypoints0=clip_to_image(r["keypoints0"], r["size0"]),
-                keypoints1=clip_to_image(r["keypoints1"], r["size1"]),
-                scores=np.asarray(r["scores"]),
-            )
+    with tempfile.TemporaryDirectory(dir=matches.parent) as folder:
+        store = RawMatches(Path(folder))
+        for (n0, n1), r in zip(pairs, raw):
+            store.write(n0, n1, r)  # corner convention in, the raw format out
+        write_phase(
+            list(pairs),
+            [store.path(*p) for p in pairs],
+            features,
+            matches,
+            radius=quantization["radius"],
+            min_score=quantization.get("min_score", 0.0),
+            method=quantization.get("method", "cluster"),
+            psize=quantization.get("psize", 48),
         )
-    keypoints, matches0 = quantize_matches(
-        list(pairs),
-        data,
-        {n: from_hloc_coords(f["keypoints"]) for n, f in fixed.items()},
-        radius=quantization["radius"],
-        min_score=quantization.get("min_score", 0.0),
-        method=quantization.get("method", "cluster"),
-        psize=quantization.get("psize", 48),
-    )
-    write_outputs(features, matches, pairs, data, keypoints, matches0, fixed, sizes)
     return features, matches
 
 
