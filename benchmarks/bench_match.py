@@ -8,10 +8,12 @@ matched at ``imsize = size``. Usage::
     python3 benchmarks/bench_match.py                       # 640 and 1024, fp32 and bf16
     python3 benchmarks/bench_match.py --sizes 1024 --precisions fp32 --repeats 5
 
-Times are medians over ``--repeats`` runs after one warm-up run. The stages
-are timed with the same public functions that ``Patch2Pix.coarse`` and
-``Patch2Pix.regress`` chain; ``total`` times ``forward_pair`` as a whole,
-``cpu`` is its process CPU time (all threads) and ``load`` the 1-minute load
+Times are medians over ``--repeats`` runs after one warm-up run. Each run is
+one call of the model (``Patch2Pix.forward``, ``total``) whose own stage
+methods are wrapped with timers: ``extract_features`` (backbone, both
+images), ``correlation`` (corr+pool), ``consensus`` (nc), ``extract_matches``
+(extract) and the two regressors' ``refine`` (mid, fine). ``cpu`` is the
+process CPU time of the call (all threads) and ``load`` the 1-minute load
 average when the configuration started: on a shared machine, compare runs of
 similar load only.
 """
@@ -25,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -36,14 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 from p2p_hloc import tune_malloc  # noqa: E402
 from p2p_hloc.model import load_model  # noqa: E402
-from p2p_hloc.model.ncnet import (  # noqa: E402
-    coarse_matches,
-    correlation_maxpool,
-    l2_normalize,
-    mutual_filter,
-    mutual_matching,
-    pool_argmax,
-)
 from p2p_hloc.preprocess import load_image  # noqa: E402
 
 GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
@@ -67,47 +60,44 @@ def make_pair(size: int, folder: Path) -> List[Path]:
     return paths
 
 
-def timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], tuple]:
-    def run(fn):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        return out, time.perf_counter() - t
+def stage_timers(model, sync: Callable[[], None]) -> Dict[str, float]:
+    """Wrap the model's stage methods with timers (on this instance only);
+    returns the dict their seconds accumulate in."""
+    times: Dict[str, float] = {}
 
-    return run
+    def wrap(obj, method: str, stage: str) -> None:
+        fn = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            sync()
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync()
+            times[stage] = times.get(stage, 0.0) + time.perf_counter() - t
+            return out
+
+        setattr(obj, method, timed)
+
+    wrap(model, "extract_features", "backbone")
+    wrap(model, "correlation", "corr+pool")
+    wrap(model, "consensus", "nc")
+    wrap(model, "extract_matches", "extract")
+    wrap(model.regress_mid, "refine", "mid")
+    wrap(model.regress_fine, "refine", "fine")
+    return times
 
 
 @torch.no_grad()
-def stages_once(model, x0, x1, timed) -> Dict[str, float]:
-    """One pair through every stage, each timed on its own."""
-    t: Dict[str, float] = {}
-    (f0, f1), t["backbone"] = timed(
-        lambda: (model.extract_features(x0), model.extract_features(x1))
-    )
-
-    def corr_pool():
-        a, b = l2_normalize(f0[-1], 1), l2_normalize(f1[-1], 1)
-        return a, b, correlation_maxpool(a, b, model.ksize)
-
-    (a, b, corr), t["corr+pool"] = timed(corr_pool)
-    corr, t["nc"] = timed(lambda: mutual_matching(model.ncn(mutual_matching(corr))))
-
-    def extract():
-        raw, scores = coarse_matches(
-            corr, partial(pool_argmax, a, b, k=model.ksize), model.stride, model.ksize
-        )
-        m, _ = mutual_filter(raw.cpu().numpy(), scores.cpu().numpy())
-        return torch.from_numpy(m).to(corr.device).float()
-
-    props, t["extract"] = timed(extract)
-    mid, t["mid"] = timed(lambda: model.regress("mid", f0, f1, props))
-    _, t["fine"] = timed(lambda: model.regress("fine", f0, f1, mid["matches"]))
-    cpu = time.process_time()
-    pred, t["total"] = timed(lambda: model.forward_pair(x0, x1))
-    t["cpu"] = time.process_time() - cpu
-    t["proposals"] = len(pred["coarse_matches"])
-    return t
+def run_once(model, x0, x1, times: Dict[str, float], sync) -> Dict[str, float]:
+    """One pair through the model; its stage times and the total."""
+    times.clear()
+    sync()
+    cpu, t = time.process_time(), time.perf_counter()
+    pred = model({"image0": x0, "image1": x1}, stages=True)
+    sync()
+    out = dict(times, total=time.perf_counter() - t, cpu=time.process_time() - cpu)
+    out["proposals"] = len(pred["coarse_matches"])
+    return out
 
 
 def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -> dict:
@@ -118,11 +108,12 @@ def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -
     x0 = load_image(p0, size)[0][None].to(device)
     x1 = load_image(p1, size)[0][None].to(device)
     cuda = device.startswith("cuda")
-    timed = timer(torch.cuda.synchronize if cuda else (lambda: None))
-    stages_once(model, x0, x1, timed)  # warm-up
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = stage_timers(model, sync)
+    run_once(model, x0, x1, times, sync)  # warm-up
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    runs = [stages_once(model, x0, x1, timed) for _ in range(repeats)]
+    runs = [run_once(model, x0, x1, times, sync) for _ in range(repeats)]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out.update(
         size=f"{x0.shape[-1]}x{x0.shape[-2]}",

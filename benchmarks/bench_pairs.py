@@ -8,7 +8,7 @@ size``. Two runners, each configuration in a fresh subprocess (peak RSS):
 - ``runner``: ``p2p_hloc.match_pairs.main`` with the ``patch2pix`` conf and
   the golden weights (pairs in cache order, features cached per image,
   quantization, h5 files);
-- ``loop``: a plain loop over ``forward_features`` in file order with an LRU
+- ``loop``: a plain loop over the model's ``forward`` in file order with an LRU
   cache of backbone features (4 images);
 
 each at every ``--precisions`` value.
@@ -109,7 +109,7 @@ def run_loop(folder: Path, pairs: Path, precision: str, size: int) -> dict:
             if len(cache) > 4:
                 cache.popitem(last=False)
         (f0, s0), (f1, s1) = cache[names[0]], cache[names[1]]
-        select_matches(model.forward_features(f0, f1), s0, s1, 0.25)
+        select_matches(model({"features0": f0, "features1": f1}), s0, s1, 0.25)
     return {"seconds": time.perf_counter() - t, "extracted": extracted}
 
 

@@ -31,12 +31,13 @@ def run(model, pair: str, device: str, precision: str) -> dict:
     (x0, s0, _), (x1, s1, _) = [
         load_image(GOLDEN / f"pair{pair}_{i}.png", 1024) for i in (1, 2)
     ]
+    data = {"image0": x0[None].to(device), "image1": x1[None].to(device)}
     with torch.no_grad():
-        pred = model.forward_pair(x0[None].to(device), x1[None].to(device))
+        pred = model(data, stages=True)
     scale = np.concatenate([s0, s1])
     return {
         "coarse": pred["coarse_matches"].cpu().numpy(),
-        "fine": pred["matches"].cpu().double().numpy() * scale,
+        "fine": pred["fine_matches"].cpu().double().numpy() * scale,
         "scores": pred["scores"].float().cpu().numpy(),
     }
 

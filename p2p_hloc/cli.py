@@ -8,13 +8,20 @@ from typing import List, Optional
 import numpy as np
 
 from . import logger
+from .console import InputError, add_debug_flag, run_cli
 from .runtime import tune_malloc
 from .weights import DEFAULT, OFFICIAL
 
 
 def cmd_match(args: argparse.Namespace) -> int:
+    from .preprocess import image_size, read_image
+
+    if args.out.is_dir():
+        raise InputError(f"--out {args.out} is a folder: give the .npz file to write")
+    for path in (args.image0, args.image1):
+        image_size(path)  # readable, before the model loads
+
     from .model import load_model
-    from .preprocess import load_image, read_image
     from .weights import get_weights
 
     weights = get_weights(
@@ -23,30 +30,26 @@ def cmd_match(args: argparse.Namespace) -> int:
     )
     model = load_model(weights, args.device, coarse_only=args.coarse_only)
     model.precision = args.precision
-    x0, s0, _ = load_image(args.image0, args.imsize)
-    x1, s1, _ = load_image(args.image1, args.imsize)
-    dev = model.device
     pred = model.match(
-        x0[None].to(dev),
-        x1[None].to(dev),
-        s0,
-        s1,
+        args.image0,
+        args.image1,
+        args.imsize,
         threshold=args.threshold,
-        coarse_only=args.coarse_only,
         keep_all_if_none=args.keep_all_if_none,
     )
     out = {k: pred[k].cpu().numpy() for k in ("keypoints0", "keypoints1", "scores")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(args.out)
+    try:
+        np.savez(tmp, **out)
+        tmp.replace(args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("%d matches written to %s", len(out["scores"]), args.out)
     if args.plot:
         from .viz import plot_matches
 
-        im0, im1 = np.asarray(read_image(args.image0)), np.asarray(
-            read_image(args.image1)
-        )
+        im0, im1 = (np.asarray(read_image(p)) for p in (args.image0, args.image1))
         plot_matches(
             im0, im1, out["keypoints0"], out["keypoints1"], out["scores"], args.plot
         )
@@ -106,21 +109,23 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--sha256", help="expected SHA-256 of the file")
     w.add_argument("--force", action="store_true")
     w.set_defaults(func=cmd_weights)
+    add_debug_flag(p)
+    for sp in (m, w):  # also after the command; unset unless given there
+        sp.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="as above"
+        )
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from .model.checkpoint import CheckpointError
-    from .preprocess import ImageError
-    from .weights import WeightsNotFoundError
-
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     tune_malloc()
-    try:
-        return args.func(args)
-    except (ImageError, CheckpointError, WeightsNotFoundError) as e:
-        print(f"p2p-hloc: error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``p2p-hloc`` command: one clean error line (exit 2 for bad input),
+    ``--debug`` for the traceback."""
+    return run_cli(parser(), run, argv)
 
 
 if __name__ == "__main__":

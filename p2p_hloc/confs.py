@@ -8,9 +8,11 @@ Each conf has:
   ``score > threshold``; ``coarse_only``: NCNet proposals only);
 - ``preprocessing``: ``resize_max`` (larger side, never upsampled) and
   ``dfactor`` (sides floored to a multiple of it; 1: any size), ``grayscale``
-  (False: Patch2Pix takes RGB; read by hloc's ``match_dense`` when registered);
+  (False: Patch2Pix takes RGB; read by hloc's ``match_dense`` when registered),
+  optional ``official_16bit`` (parity only: 16-bit images clipped at 255 as the
+  official code reads them, instead of scaled to 8 bits);
 - ``refine``: None, or Patch2Pix refinement of the proposals
-  (``weights``, ``resize_max``, ``threshold``);
+  (``weights``, ``resize_max``, ``threshold``, ``official_16bit``);
 - ``quantization``: ``method`` (``cluster``: ours, deterministic;
   ``immatch``: the authors' running midpoint in ``psize`` cells), ``radius``
   (merge distance, px), ``min_score`` (raw matches below it are dropped);

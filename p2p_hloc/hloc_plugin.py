@@ -3,31 +3,45 @@ imports hloc; hloc is not on PyPI, install it from its repository).
 
 ``register()`` creates the module ``hloc.matchers.patch2pix`` with one
 ``BaseModel`` subclass whose ``__module__`` is that module's name (the rule of
-hloc's ``dynamic_load``), and adds our Patch2Pix confs to
-``hloc.match_dense.confs``; then::
+hloc's ``dynamic_load``), adds our Patch2Pix confs to
+``hloc.match_dense.confs`` and makes ``hloc.match_dense.main`` run
+``p2p_hloc.match_dense.main`` (same signature and return value) for them, so
+that hloc's scripts get the Patch2Pix 4-px quantization with duplicate
+removal in both passes::
 
     from p2p_hloc.hloc_plugin import register
     register()
     from hloc import match_dense
-    match_dense.main(match_dense.confs["patch2pix_aachen"], pairs, images, outputs)
+    conf = match_dense.confs["patch2pix_aachen"]
+    features, sfm_matches = match_dense.main(conf, sfm_pairs, images, outputs)
+    features, loc_matches = match_dense.main(
+        conf, loc_pairs, images, outputs,
+        features=features, matches=sfm_matches, max_kps=None)
 
-runs Patch2Pix inside hloc's own pipeline (hloc's quantization: ``max_error``,
-``cell_size``; not ours). hloc resizes with OpenCV (area) and torchvision,
-not the official PIL bicubic resize, so matches differ slightly from
-``p2p_hloc.match_pairs``.
+Other confs run hloc's own code. ``register(hloc_aggregation=True)`` leaves
+``main`` alone: hloc aggregates Patch2Pix matches with its grid
+(``max_error``, ``cell_size``). hloc's ``triangulation.main`` yields no 3D
+point on pycolmap 4.x: ``register(fix_triangulation=True)`` replaces it by
+``p2p_hloc.triangulation.main`` (same signature); otherwise a warning says so
+and an empty triangulation is logged as an error.
 """
 
+import functools
 import sys
 import types
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
+from . import logger
 from .confs import confs
-from .preprocess import MEAN, STD
 
 MODULE = "hloc.matchers.patch2pix"
 HLOC_CONFS = ("patch2pix", "patch2pix_aachen", "patch2pix_inloc", "ncnet")
+FIX = (
+    "Use p2p_hloc.triangulation.main (same signature) or "
+    "p2p_hloc.hloc_plugin.register(fix_triangulation=True)."
+)
 INSTALL = (
     "hloc is not installed (it is not on PyPI): git clone --recursive "
     "https://github.com/cvg/Hierarchical-Localization && "
@@ -46,9 +60,10 @@ def hloc_conf(name: str) -> dict:
 def make_model_class(base: type) -> type:
     """The hloc model: ``[1, C, H, W]`` images in [0, 1] (sides multiples of
     16) -> ``keypoints0``, ``keypoints1`` in the resized frame with hloc's
-    integer pixel centres, and ``scores``."""
+    integer pixel centres, and ``scores`` (``score > threshold`` and
+    ``>= min_score``)."""
+    from .io import to_hloc_coords
     from .matchers.patch2pix import load_network
-    from .model import select_matches
 
     class Patch2Pix(base):
         default_conf = {
@@ -61,33 +76,26 @@ def make_model_class(base: type) -> type:
 
         def _init(self, conf):
             self.net = load_network(
-                self.conf["weights"], device="cpu", coarse_only=self.conf["coarse_only"]
-            )
-            self.register_buffer(
-                "mean", torch.tensor(MEAN)[:, None, None], persistent=False
-            )
-            self.register_buffer(
-                "std", torch.tensor(STD)[:, None, None], persistent=False
-            )
-
-        def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-            if image.shape[1] == 1:
-                image = image.expand(-1, 3, -1, -1)
-            return (image - self.mean) / self.std
+                conf["weights"], device="cpu", coarse_only=conf["coarse_only"]
+            ).requires_grad_(
+                False
+            )  # inference only: the fast CPU forms apply
 
         def _forward(self, data):
-            feats0 = self.net.extract_features(self._normalize(data["image0"]))
-            feats1 = self.net.extract_features(self._normalize(data["image1"]))
-            pred = self.net.forward_features(
-                feats0, feats1, coarse_only=self.conf["coarse_only"]
+            pred = self.net({"image0": data["image0"], "image1": data["image1"]})
+            scores = pred["scores"]
+            keep = (scores > self.conf["threshold"]) & (
+                scores >= self.conf["min_score"]
             )
-            pred = select_matches(pred, threshold=self.conf["threshold"])
-            keep = pred["scores"] >= self.conf["min_score"]
+
+            def hloc_coords(xy: torch.Tensor) -> torch.Tensor:
+                xy = to_hloc_coords(xy[keep].cpu().double().numpy())
+                return torch.from_numpy(xy).float()
+
             return {
-                # corner convention (Patch2Pix) -> hloc's integer pixel centres
-                "keypoints0": (pred["keypoints0"][keep] - 0.5).float(),
-                "keypoints1": (pred["keypoints1"][keep] - 0.5).float(),
-                "scores": pred["scores"][keep].float(),
+                "keypoints0": hloc_coords(pred["keypoints0"]),
+                "keypoints1": hloc_coords(pred["keypoints1"]),
+                "scores": scores[keep].float().cpu(),
             }
 
     Patch2Pix.__module__ = MODULE
@@ -95,12 +103,62 @@ def make_model_class(base: type) -> type:
     return Patch2Pix
 
 
-def register(names: Sequence[str] = HLOC_CONFS) -> types.ModuleType:
-    """Put ``hloc.matchers.patch2pix`` in place and our confs ``names`` into
-    ``hloc.match_dense.confs``; returns the module."""
+def is_ours(conf: dict) -> bool:
+    """A conf that ``p2p_hloc.match_dense`` runs: a Patch2Pix model with our
+    quantization settings (a conf without them keeps hloc's aggregation)."""
+    return conf.get("model", {}).get("name") == "patch2pix" and "quantization" in conf
+
+
+def dispatch_match_dense(own: Callable) -> Callable:
+    """``hloc.match_dense.main`` that runs ``p2p_hloc.match_dense.main`` for
+    our confs and hloc's ``own`` for the others."""
+
+    @functools.wraps(own)
+    def main(conf, *args, **kwargs):
+        if not is_ours(conf):
+            return own(conf, *args, **kwargs)
+        from . import match_dense
+
+        return match_dense.main(conf, *args, **kwargs)
+
+    return main
+
+
+def check_triangulation(own: Callable) -> Callable:
+    """``hloc.triangulation.main`` that logs an error when the model it
+    returns has no 3D point."""
+
+    @functools.wraps(own)
+    def main(*args, **kwargs):
+        reconstruction = own(*args, **kwargs)
+        if reconstruction is not None and reconstruction.num_points3D() == 0:
+            logger.error("hloc.triangulation produced no 3D points. %s", FIX)
+        return reconstruction
+
+    return main
+
+
+def pycolmap_major() -> int:
+    import pycolmap
+
+    return int(pycolmap.__version__.split(".")[0])
+
+
+def register(
+    names: Sequence[str] = HLOC_CONFS,
+    *,
+    hloc_aggregation: bool = False,
+    fix_triangulation: bool = False,
+) -> types.ModuleType:
+    """Put ``hloc.matchers.patch2pix`` in place, our confs ``names`` into
+    ``hloc.match_dense.confs`` and, unless ``hloc_aggregation``, our
+    quantization behind ``hloc.match_dense.main``; with
+    ``fix_triangulation``, ``hloc.triangulation.main`` becomes ours. Calling
+    it again is harmless. Returns the matcher module."""
     try:
         import hloc.match_dense
         import hloc.matchers
+        import hloc.triangulation
         from hloc.utils.base_model import BaseModel
     except ImportError as e:
         raise ImportError(INSTALL) from e
@@ -111,4 +169,28 @@ def register(names: Sequence[str] = HLOC_CONFS) -> types.ModuleType:
         hloc.matchers.patch2pix = module
     for name in names:
         hloc.match_dense.confs[name] = hloc_conf(name)
+
+    own = hloc_main(hloc.match_dense)
+    hloc.match_dense.main = own if hloc_aggregation else dispatch_match_dense(own)
+    own = hloc_main(hloc.triangulation)
+    if fix_triangulation:
+        from . import triangulation
+
+        hloc.triangulation.main = triangulation.main
+    elif pycolmap_major() >= 4:
+        logger.warning(
+            "pycolmap %s: hloc.triangulation writes two-view geometries that "
+            "pycolmap 4 skips, so its models get no 3D points. %s",
+            pycolmap_major(),
+            FIX,
+        )
+        hloc.triangulation.main = check_triangulation(own)
+    else:
+        hloc.triangulation.main = own
     return sys.modules[MODULE]
+
+
+def hloc_main(module: types.ModuleType) -> Callable:
+    """hloc's own ``module.main``, kept on the module the first time
+    ``register`` replaces it."""
+    return vars(module).setdefault("_p2p_hloc_original_main", module.main)

@@ -157,6 +157,7 @@ class QueryLocalizer:
         self.config = config
         self.raw, self.radius, self.min_score = raw, radius, min_score
         self._point_ids: Dict[int, np.ndarray] = {}
+        self._keypoints: Dict[str, np.ndarray] = {}
 
     def point3D_ids(self, image_id: int) -> np.ndarray:
         """Per keypoint of a database image, its 3D point id or -1."""
@@ -222,7 +223,9 @@ class QueryLocalizer:
             )
         kq, kr, scores = raw
         keep = scores >= self.min_score
-        ref = get_keypoints(self.features, name)[: len(point_ids)]
+        if name not in self._keypoints:
+            self._keypoints[name] = get_keypoints(self.features, name)
+        ref = self._keypoints[name][: len(point_ids)]
         idx = assign_fixed(kr[keep], ref, self.radius)
         ids = np.where(idx >= 0, point_ids[idx], -1)
         return from_hloc_coords(kq[keep]), ids

@@ -202,7 +202,7 @@ def describe_changes(old: Dict, new: Dict, most: int = 4) -> str:
 def check_provenance(raw: RawMatches, provenance: Dict, discard: bool) -> None:
     """Raw matches are resumed only by the settings that produced them. A
     store with other (or unknown) settings is refused, or with ``discard``
-    removed (keeping the record of images to rebuild, ``mark_pending``)."""
+    removed."""
     stored = raw.meta()
     if stored == provenance or not raw.root.is_dir():
         return
@@ -224,11 +224,7 @@ def check_provenance(raw: RawMatches, provenance: Dict, discard: bool) -> None:
             "(discard_raw=True) to recompute them, or write another matches file"
         )
     logger.warning("Discarding stale raw matches: %s.", what)
-    pending = raw.pending()
     raw.remove()
-    if pending[0]:
-        raw.set_meta(provenance)
-        raw.mark_pending(*pending)
 
 
 RAW_KEYS = ("name0", "name1", "keypoints0", "keypoints1", "scores", "size0", "size1")

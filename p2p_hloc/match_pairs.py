@@ -9,45 +9,33 @@
    matched, images loaded by a DataLoader and the per-image work cached across
    consecutive pairs. Raw matches are stored per pair as they come
    (``<matches>.raw/``, one atomic file each): a killed run resumes there.
-3. Quantization (``p2p_hloc.quantize``) over all new pairs: per image, raw
-   points closer than 4 px merge; per pair, one-to-one by score. Images that
-   already have keypoints (in ``features`` or ``features_ref``) keep them.
-4. ``features`` and ``matches`` are written to temporary files and renamed;
-   the raw folder is then removed.
+3. The quantization step (``p2p_hloc.quantize.write_phase``) over all new
+   pairs, under the locks of both output files: per image, raw points closer
+   than 4 px merge; per pair, one-to-one by score. Images that already have
+   keypoints (in ``features`` or ``features_ref``) keep them. ``features`` and
+   ``matches`` are written to temporary files and renamed; the raw folder is
+   then removed.
 
-Coordinates: matchers return the corner convention (Patch2Pix, COLMAP); the h5
-files get hloc's integer pixel centres through ``io.to_hloc_coords`` when
-written, nowhere else.
+Coordinates: matchers return the corner convention (Patch2Pix, COLMAP); the raw
+store converts them to hloc's integer pixel centres (``io.to_hloc_coords``)
+when it writes them, nowhere else.
 """
 
 import argparse
 import functools
 import inspect
-import os
 import pprint
-import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
-import h5py
-import numpy as np
 import torch
 
 from . import logger
 from .confs import confs
 from .console import InputError, run_cli
 from .executors import EXECUTORS, run_pairs
-from .io import (
-    from_hloc_coords,
-    list_h5_names,
-    names_to_pair,
-    parse_pairs,
-    to_hloc_coords,
-    write_keypoints,
-    write_matches,
-)
-from .io.h5 import open_h5
+from .io import list_h5_names, names_to_pair, parse_pairs
 from .io.lock import file_lock
 from .io.raw import RawMatches
 from .match_checks import (
@@ -58,23 +46,10 @@ from .match_checks import (
     raw_provenance,
     read_image_sizes,
 )
-from .quantize import quantize_matches
+from .quantize import read_pending, unique_pairs, write_phase
 from .runtime import tune_malloc
 
 Pair = Tuple[str, str]
-EDGE = 0.01  # keypoints stay strictly inside the image (localize_inloc asserts it)
-
-
-def unique_pairs(pairs: Sequence[Pair]) -> List[Pair]:
-    """Pairs without self-pairs and without repeats in either direction."""
-    seen, out = set(), []
-    for n0, n1 in pairs:
-        if n0 == n1:
-            logger.warning("Skipping the self-pair (%s, %s).", n0, n1)
-        elif (n0, n1) not in seen and (n1, n0) not in seen:
-            seen.add((n0, n1))
-            out.append((n0, n1))
-    return out
 
 
 def output_paths(
@@ -122,14 +97,6 @@ def holding_run_lock(func: Callable) -> Callable:
     return locked
 
 
-def write_empty(path: Path) -> None:
-    """Create ``path`` as a valid empty h5 file if it does not exist."""
-    if not path.exists():
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        h5py.File(tmp, "w").close()
-        tmp.replace(path)
-
-
 def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
     """The pairs of ``pairs`` stored in ``matches`` in either direction."""
     if not matches.exists():
@@ -142,68 +109,6 @@ def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
     }
 
 
-def load_fixed(paths: Sequence[Path], names: set) -> Dict[str, dict]:
-    """Keypoints (as stored: hloc convention) of ``names`` found in hloc
-    feature files; the first file that has an image wins."""
-    fixed: Dict[str, dict] = {}
-    for path in paths:
-        with open_h5(path) as f:
-            for name in sorted(names - set(fixed)):
-                if name in f and "keypoints" in f[name]:
-                    g = f[name]
-                    kps = g["keypoints"][()].astype(np.float64)
-                    scores = next(
-                        (g[k][()] for k in ("scores", "keypoint_scores") if k in g),
-                        None,
-                    )
-                    size = g["image_size"][()] if "image_size" in g else None
-                    fixed[name] = {"keypoints": kps, "scores": scores, "size": size}
-    return fixed
-
-
-def clip_to_image(xy: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Corner-convention points moved strictly inside the image."""
-    hi = np.asarray(size, np.float64) - 0.5 - EDGE
-    return np.clip(xy, 0.5 + EDGE, hi)
-
-
-def write_outputs(
-    features: Path,
-    matches: Path,
-    pairs: Sequence[Pair],
-    raw: List[dict],
-    keypoints: Dict[str, Tuple[np.ndarray, np.ndarray]],
-    matches0: List[Tuple[np.ndarray, np.ndarray]],
-    fixed: Dict[str, dict],
-    sizes: Dict[str, np.ndarray],
-) -> None:
-    """Add to copies of both files, then rename the copies over them."""
-    tmps = []
-    for path in (features, matches):
-        tmp = path.with_name(path.name + ".tmp")
-        if path.exists():
-            shutil.copyfile(path, tmp)
-        else:
-            tmp.unlink(missing_ok=True)
-        tmps.append(tmp)
-    have = list_h5_names(tmps[0]) if tmps[0].exists() else set()
-    for name, (kps, scores) in keypoints.items():
-        write_keypoints(tmps[0], name, to_hloc_coords(kps), sizes[name], scores)
-    for name, ref in fixed.items():  # the output stays self-contained
-        if name not in have:
-            size = ref["size"] if ref["size"] is not None else sizes[name]
-            write_keypoints(tmps[0], name, ref["keypoints"], size, ref["scores"])
-    for (n0, n1), r, (m0, s0) in zip(pairs, raw, matches0):
-        extra = {
-            "keypoints0": to_hloc_coords(r["keypoints0"]).astype(np.float32),
-            "keypoints1": to_hloc_coords(r["keypoints1"]).astype(np.float32),
-            "scores": r["scores"].astype(np.float32),
-        }
-        write_matches(tmps[1], n0, n1, m0, s0, **extra)
-    if not tmps[0].exists():  # no new image and no fixed one: still a valid file
-        h5py.File(tmps[0], "w").close()
-    for tmp, path in zip(tmps, (features, matches)):
-        tmp.replace(path)
 
 
 @holding_run_lock
@@ -271,14 +176,12 @@ def main(
         features_ref = [features_ref]
     features_ref = [Path(p) for p in features_ref or []]
     raw = RawMatches(matches.with_name(matches.name + ".raw"))
-    if overwrite:
+    if overwrite:  # this run's pairs and images only (quantize.write_phase)
         raw.remove()
 
     all_pairs = unique_pairs(parse_pairs(pairs))
     if not all_pairs:
-        with file_lock(features, "creating an empty features file"):
-            write_empty(features)
-        write_empty(matches)  # under the run's lock
+        write_phase([], [], features, matches)  # valid empty files
         logger.info(
             "No pairs in %s: %s and %s hold no new entry.", pairs, features, matches
         )
@@ -291,10 +194,7 @@ def main(
     )
     done = set() if overwrite else done_pairs(matches, all_pairs)
     check_done_pairs(done, features, matches, have)
-    pending, pending_pairs = raw.pending()
-    if pending_pairs and pending_pairs <= done:  # a finished run that was killed
-        raw.remove()  # before removing its raw folder
-        pending = set()
+    read_pending(matches)  # a corrupt record of a stopped write is named now
     new = [p for p in all_pairs if p not in done]
     logger.info("%d pairs, %d already in %s.", len(all_pairs), len(done), matches.name)
     if not new:
@@ -328,41 +228,21 @@ def main(
             device=device,
         )
 
-    names = {n for p in new for n in p}
-    fixed_files = ([features] if features.exists() else []) + list(features_ref or [])
-    # images of a run killed between the final renames are rebuilt, not fixed
-    fixed = load_fixed(fixed_files, names - pending)
-    data, sizes = [], {}
-    for n0, n1 in new:
-        r = raw.read(n0, n1)
-        sizes[n0], sizes[n1] = r["size0"], r["size1"]
-        r["keypoints0"] = clip_to_image(r["keypoints0"], r["size0"])
-        r["keypoints1"] = clip_to_image(r["keypoints1"], r["size1"])
-        data.append(r)
     q = conf["quantization"]
-    keypoints, matches0 = quantize_matches(
+    write_phase(
         new,
-        data,
-        {n: from_hloc_coords(f["keypoints"]) for n, f in fixed.items()},
+        [raw.path(*p) for p in new],
+        features,
+        matches,
+        list(features_ref or []),
         radius=q["radius"],
         min_score=q.get("min_score", 0.0),
         method=q.get("method", "cluster"),
         psize=q.get("psize", 48),
         max_kps=max_kps,
+        overwrite=overwrite,
+        source=str(raw.root),
     )
-    n_kps = sum(len(k) for k, _ in keypoints.values())
-    n_matches = sum(int((m >= 0).sum()) for m, _ in matches0)
-    n_raw = sum(len(r["scores"]) for r in data)
-    logger.info(
-        "Quantized %d raw matches into %d keypoints over %d images and %d matches.",
-        n_raw,
-        n_kps,
-        len(keypoints),
-        n_matches,
-    )
-    fixed = {n: f for n, f in fixed.items() if n in names}
-    raw.mark_pending(keypoints, new)
-    write_outputs(features, matches, new, data, keypoints, matches0, fixed, sizes)
     raw.remove()
     logger.info("Wrote %s and %s.", features, matches)
     return features, matches

@@ -15,6 +15,8 @@ coordinates the corner convention (the centre of the top-left pixel is (0.5, 0.5
 
 import argparse
 import logging
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,8 +27,9 @@ import pycolmap
 import scipy.io
 from scipy.spatial.transform import Rotation
 
+from .console import run_cli
 from .eval.poses import qvec_to_matrix, read_poses
-from .io import from_hloc_coords, parse_queries, write_pairs, write_poses
+from .io import parse_queries, write_pairs, write_poses
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -421,32 +424,24 @@ def write_dense_matches(
     features and matches files the way ``match_pairs`` does (``quantization``
     as in a conf; images already in ``features`` keep their keypoints; each
     pair group keeps its raw ``keypoints0``, ``keypoints1``, ``scores``)."""
-    from .match_pairs import clip_to_image, load_fixed, write_outputs
-    from .quantize import quantize_matches
+    from .io.raw import RawMatches
+    from .quantize import write_phase
 
     features, matches = Path(features), Path(matches)
-    names = {n for p in pairs for n in p}
-    fixed = load_fixed([features] if features.exists() else [], names)
-    data, sizes = [], {}
-    for (n0, n1), r in zip(pairs, raw):
-        sizes[n0], sizes[n1] = r["size0"], r["size1"]
-        data.append(
-            dict(
-                keypoints0=clip_to_image(r["keypoints0"], r["size0"]),
-                keypoints1=clip_to_image(r["keypoints1"], r["size1"]),
-                scores=np.asarray(r["scores"]),
-            )
+    with tempfile.TemporaryDirectory(dir=matches.parent) as folder:
+        store = RawMatches(Path(folder))
+        for (n0, n1), r in zip(pairs, raw):
+            store.write(n0, n1, r)  # corner convention in, the raw format out
+        write_phase(
+            list(pairs),
+            [store.path(*p) for p in pairs],
+            features,
+            matches,
+            radius=quantization["radius"],
+            min_score=quantization.get("min_score", 0.0),
+            method=quantization.get("method", "cluster"),
+            psize=quantization.get("psize", 48),
         )
-    keypoints, matches0 = quantize_matches(
-        list(pairs),
-        data,
-        {n: from_hloc_coords(f["keypoints"]) for n, f in fixed.items()},
-        radius=quantization["radius"],
-        min_score=quantization.get("min_score", 0.0),
-        method=quantization.get("method", "cluster"),
-        psize=quantization.get("psize", 48),
-    )
-    write_outputs(features, matches, pairs, data, keypoints, matches0, fixed, sizes)
     return features, matches
 
 
@@ -562,19 +557,39 @@ def generate_inloc_scene(
 
 
 def main(
-    output: Path, inloc: bool = False, num_queries: int = 4, seed: int = 0
+    output: Path,
+    inloc: bool = False,
+    num_queries: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
+    clusters: int = 1,
 ) -> Path:
     """Generate a scene (``inloc`` for the InLoc layout) into ``output``."""
-    fn = generate_inloc_scene if inloc else generate_scene
-    fn(output, num_queries=num_queries, seed=seed)
+    if inloc:
+        generate_inloc_scene(
+            output, num_queries=num_queries, seed=seed, overwrite=overwrite
+        )
+    else:
+        generate_scene(
+            output,
+            num_queries=num_queries,
+            seed=seed,
+            overwrite=overwrite,
+            clusters=clusters,
+        )
     return Path(output)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--inloc", action="store_true")
+    p.add_argument("--num_queries", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--clusters", type=int, choices=[1, 2], default=1)
+    return p
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--inloc", action="store_true")
-    parser.add_argument("--num_queries", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    sys.exit(run_cli(parser(), lambda args: main(**vars(args))))

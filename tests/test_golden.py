@@ -27,10 +27,20 @@ CASES = [
 def case(request, golden_dir, golden_model):
     pair, setting, imsize = request.param
     ref = np.load(golden_dir / f"outputs_{pair}_{setting}.npz")
-    x0, s0, size0 = load_image(golden_dir / f"pair{pair}_1.png", imsize)
-    x1, s1, size1 = load_image(golden_dir / f"pair{pair}_2.png", imsize)
-    pred = golden_model.forward_pair(x0[None], x1[None])
-    return dict(ref=ref, pred=pred, x=(x0, x1), s=(s0, s1), sizes=(size0, size1))
+    paths = [golden_dir / f"pair{pair}_{i}.png" for i in (1, 2)]
+    x0, s0, size0 = load_image(paths[0], imsize)
+    x1, s1, size1 = load_image(paths[1], imsize)
+    with torch.inference_mode():
+        pred = golden_model({"image0": x0[None], "image1": x1[None]}, stages=True)
+    return dict(
+        ref=ref,
+        pred=pred,
+        x=(x0, x1),
+        s=(s0, s1),
+        sizes=(size0, size1),
+        paths=paths,
+        imsize=imsize,
+    )
 
 
 def _np(t):
@@ -73,14 +83,14 @@ def test_mid_and_fine(case):
 
     close("mid_matches", "mid_matches_resized", 1e-3)
     close("mid_scores", "mid_scores", SCORE_ATOL)
-    close("mid_raw", "mid_regressor_raw", 1e-3)
+    close("mid_logits", "mid_regressor_raw", 1e-3)
     ok = ~np.isin(ir, ref["diag_fragile_mid_idx"])  # truncation-sensitive (doc)
-    close("matches", "fine_matches_resized", 1e-3, ok)
+    close("fine_matches", "fine_matches_resized", 1e-3, ok)
     close("scores", "fine_scores", SCORE_ATOL, ok)
-    close("fine_raw", "fine_regressor_raw", 1e-3, ok)
+    close("fine_logits", "fine_regressor_raw", 1e-3, ok)
     # in original pixels: resized * upscale
     np.testing.assert_allclose(
-        _np(pred["matches"]).astype(np.float64)[ip][ok] * ref["upscale"],
+        _np(pred["fine_matches"]).astype(np.float64)[ip][ok] * ref["upscale"],
         ref["fine_matches"][ir][ok],
         atol=1e-3,
     )
@@ -95,7 +105,7 @@ def test_final_thresholds(case, golden_model):
     for thr in ref["setting_io_thres"]:
         key = f"final_thr{int(round(thr * 100)):03d}"
         out = select_matches(
-            pred, s0, s1, float(thr), keep_all_if_none=True, return_stages=True
+            pred, s0, s1, float(thr), keep_all_if_none=True, stages=True
         )
         n_pass = int((_np(pred["scores"]) > thr).sum())
         assert abs(n_pass - int(ref[f"{key}_n_pass"])) <= 1
@@ -121,12 +131,10 @@ def test_keep_all_if_none_is_opt_in(case):
 def test_match_api_in_original_pixels(case, golden_model):
     """``match`` returns the official final matches in original pixels."""
     ref = case["ref"]
-    x0, x1 = case["x"]
-    s0, s1 = case["s"]
     thr = float(ref["setting_io_thres"][0])
     key = f"final_thr{int(round(thr * 100)):03d}"
     out = golden_model.match(
-        x0[None], x1[None], s0, s1, threshold=thr, keep_all_if_none=True
+        *case["paths"], imsize=case["imsize"], threshold=thr, keep_all_if_none=True
     )
     assert out["keypoints0"].dtype == torch.float64
     kp = np.concatenate([_np(out["keypoints0"]), _np(out["keypoints1"])], 1)
@@ -143,7 +151,8 @@ def test_refine_given_proposals_equals_coarse_path(case, golden_model):
     ref = case["ref"]
     x0, x1 = case["x"]
     prop = torch.from_numpy(ref["coarse_matches_resized"]).float()
-    out = golden_model.refine(x0[None], x1[None], prop, threshold=-1.0)
+    with torch.inference_mode():
+        out = golden_model({"image0": x0[None], "image1": x1[None], "proposals": prop})
     ok = np.ones(len(prop), bool)
     ok[ref["diag_fragile_mid_idx"]] = False
     kp = np.concatenate([_np(out["keypoints0"]), _np(out["keypoints1"])], 1)

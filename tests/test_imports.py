@@ -11,6 +11,7 @@ LIGHT = [
     "p2p_hloc.io.lock",
     "p2p_hloc.quantize",
     "p2p_hloc.console",
+    "p2p_hloc.preprocess",
     "p2p_hloc.triangulation",
     "p2p_hloc.localize_sfm",
     "p2p_hloc.localize_inloc",

@@ -52,6 +52,9 @@ def test_interpolate_scan():
     np.testing.assert_allclose(points[3], [7.0, 5.0, 12.0])
 
 
+MEASURED = {"h5": (6.2e-3, 0.052), "conf": (5.2e-3, 0.045)}  # worst query
+
+
 @pytest.mark.parametrize("source", ["h5", "conf"])
 def test_end_to_end(scene, source):
     """h5 files, or p2p_hloc's SIFT matcher run on each pair (no quantization)."""
@@ -66,7 +69,14 @@ def test_end_to_end(scene, source):
         line.startswith("IMG_") and len(line.split()) == 8 for line in lines
     )
     report = evaluate(results, scene["ground_truth"], THRESHOLDS["inloc"])
-    assert report["recall"]["0.25m,10.0deg"] == 1.0, report["errors"]
+    assert report["num_queries"] == 3
+    with open(f"{results}_logs.pkl", "rb") as f:
+        assert {v["status"] for v in pickle.load(f)["loc"].values()} == {"localized"}
+    # measured (mm, deg): h5 1.7-6.2, 0.015-0.052; conf 2.0-5.2, 0.015-0.045.
+    # A 0.5 px slip in the XYZcut lookup either way: 4.0-11.8 mm, 0.089-0.135 deg
+    t, r = MEASURED[source]
+    for e in report["errors"].values():
+        assert e["translation_m"] < 1.5 * t and e["rotation_deg"] < 1.5 * r, e
 
 
 def test_unreadable_files_are_skipped(scene, tmp_path, logs):

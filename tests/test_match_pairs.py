@@ -364,10 +364,10 @@ def test_corrupt_files_are_reported_by_name(sift_run, tmp_path):
     assert raw_files(m) == [raw.path(*pairs[0])]  # nothing else was matched
     raw.remove()
     # a corrupt record of a run stopped between its final renames
-    raw.set_meta(raw_provenance(confs["sift"], None, None))
-    (raw.root / "pending.json").write_text('{"names": ["a.png"')
-    with pytest.raises(RawMatchesError, match=r"pending.json .*delete it to resume"):
+    m.with_name(m.name + ".pending.json").write_text('{"names": ["a.png"')
+    with pytest.raises(InputError, match=r"m.h5.pending.json .*delete it to resume"):
         main(confs["sift"], pairs_file, images, tmp_path, matches=m)
+    assert not raw_files(m)
 
 
 def test_features_from_other_images_are_refused(sift_run, tmp_path):
@@ -470,7 +470,8 @@ def test_resume_refuses_other_weights(tmp_path, golden_weights):
     m = tmp_path / "m.h5"
     raw = RawMatches(m.with_name(m.name + ".raw"))
     raw.set_meta(stored)
-    raw.write(*names, {"size0": np.array(SIZE), "size1": np.array(SIZE)})
+    empty = {k: np.zeros((0, 2)) for k in ("keypoints0", "keypoints1")}
+    raw.write(*names, {**empty, "scores": np.zeros(0), "size0": SIZE, "size1": SIZE})
     with copy.open("ab") as f:
         f.write(b"\0")
     with pytest.raises(RawMatchesError, match=r"weights.model.sha256: [0-9a-f]{64} ->"):
@@ -728,7 +729,7 @@ def test_kill_between_final_renames(tmp_path, monkeypatch):
     real_replace = Path.replace
 
     def replace_once(self, target):
-        if str(self).endswith(".h5.tmp") and "_pairs.h5" in str(self):
+        if ".h5.tmp-" in str(self) and "_pairs.h5" in str(self):
             raise KeyboardInterrupt  # the process dies before the second rename
         return real_replace(self, target)
 

@@ -7,7 +7,6 @@ from test_match_pairs import make_scene
 
 from p2p_hloc.confs import confs
 from p2p_hloc.matchers import build_matcher
-from p2p_hloc.preprocess import load_image
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,7 @@ def test_patch2pix_matches_the_model(images, golden_weights, golden_model):
         with_model("patch2pix", threshold=0.0), golden_weights, "cpu"
     )
     out = matcher.match(matcher.prepare(images[0]), matcher.prepare(images[1]))
-    (x0, s0, _), (x1, s1, _) = load_image(images[0], 1024), load_image(images[1], 1024)
-    ref = golden_model.match(x0[None], x1[None], s0, s1, threshold=0.0)
+    ref = golden_model.match(images[0], images[1], imsize=1024, threshold=0.0)
     assert len(out["scores"]) > 0
     for k in ("keypoints0", "keypoints1", "scores"):
         assert out[k].dtype == np.float64

@@ -5,18 +5,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_ncnet import argmax_lookup, correlation_4d, maxpool4d
 
 from p2p_hloc.model import Patch2Pix
 from p2p_hloc.model.ncnet import (
     NeighConsensus,
     coarse_matches,
-    correlation_4d,
     correlation_maxpool,
     decode_argmax,
-    maxpool4d,
     pool_argmax,
 )
-from p2p_hloc.model.regressor import gather_patches, patch_tables
+from p2p_hloc.model.patches import gather_patches, patch_tables
 
 
 def conv4d_ref(
@@ -72,7 +71,7 @@ def test_correlation_maxpool_matches_two_step(chunk):
     assert torch.equal(decode_argmax(index).view(off_ref.shape), off_ref)
     corr = torch.rand_like(pooled)
     recomputed = coarse_matches(corr, lambda a, b: pool_argmax(f0, f1, a, b, 2))
-    for a, b in zip(recomputed, coarse_matches(corr, off_ref)):
+    for a, b in zip(recomputed, coarse_matches(corr, argmax_lookup(off_ref))):
         assert torch.equal(a, b)
 
 
@@ -99,7 +98,7 @@ def test_gather_patches_matches_naive(w, h):
         torch.rand(c, -(-h // s), -(-w // s)) for c, s in zip([3, 5, 4, 6], strides)
     ]
     points = torch.tensor([[0, 0], [w - 1, h - 1], [17, 9], [8, 20]])
-    out, _ = gather_patches(patch_tables(feats), strides, points, (w, h), psize)
+    out, _ = gather_patches(patch_tables(feats, strides), points, (w, h), psize)
     assert out.shape == (4, psize, psize, 18)
     for n, (x, y) in enumerate(points.tolist()):
         for i, dy in enumerate(range(-8, 8)):
@@ -123,10 +122,11 @@ def test_precision_modes():
     model.precision = "bf16"
     torch.manual_seed(3)
     x0, x1 = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 80, 64)
-    pred = model.forward_pair(x0, x1)
-    assert pred["matches"].dtype == torch.float32
-    assert pred["scores"].dtype == torch.float32
-    assert len(pred["matches"]) == len(pred["coarse_matches"]) > 0
+    with torch.no_grad():
+        pred = model({"image0": x0, "image1": x1}, stages=True)
+    assert pred["keypoints0"].dtype == pred["keypoints1"].dtype == torch.float32
+    assert pred["scores"].dtype == pred["mid_logits"].dtype == torch.float32
+    assert len(pred["keypoints0"]) == len(pred["coarse_matches"]) > 0
 
 
 @pytest.mark.parametrize("level", ["mid", "fine"])
@@ -156,13 +156,13 @@ def test_cell_share_regression_equals_full_conv(level, golden_model):
         ],
         1,
     ) + torch.rand(n, 4, generator=gen)
+    net = model.regress_mid if level == "mid" else model.regress_fine
+    tables = [model.patch_tables(fs) for fs in feats]
     with torch.no_grad():
-        out = model.regress(level, feats[0], feats[1], pts)["raw"]
-        net = model.regress_mid if level == "mid" else model.regress_fine
-        tables = [patch_tables([f[0] for f in fs]) for fs in feats]
+        out = net.refine(*tables, pts, *sizes)["logits"]
         c = pts.long()
-        x0, _ = gather_patches(tables[0], [1, 2, 4, 8], c[:, :2], sizes[0])
-        x1, _ = gather_patches(tables[1], [1, 2, 4, 8], c[:, 2:], sizes[1])
+        x0, _ = gather_patches(tables[0], c[:, :2], sizes[0])
+        x1, _ = gather_patches(tables[1], c[:, 2:], sizes[1])
         ref = net.fc(net.conv(torch.cat([x0, x1], -1).permute(0, 3, 1, 2)).flatten(1))
     assert out.std(0).min() > 0.5  # outputs that differ between proposals
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -185,16 +185,16 @@ def test_winograd_conv3x3_amax(shape):
 def test_folded_convs_follow_the_weights(golden_model):
     """The folded (and Winograd) weights are cached until a weight changes."""
     net = copy.deepcopy(golden_model.regress_fine)
-    first = net.folded_convs()
-    assert net.folded_convs() is first
-    assert first[-1].winograd is not None and first[0].winograd is None
+    first = net._fast_form()
+    assert net._fast_form() is first
+    assert first.convs[-1].winograd is not None and first.convs[0].winograd is None
     x = torch.randn(3, 518, 16, 16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         before = net(x)
         net.conv[2].weight.mul_(2)
         after = net(x)
         ref = net.fc(net.conv(x).flatten(1))
-    assert net.folded_convs() is not first
+    assert net._fast_form() is not first
     assert (after - before).abs().max() > 1e-2
     torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-4)
 
@@ -214,7 +214,7 @@ def test_eval_regressor_on_other_patch_sizes(psize):
     x = torch.randn(7, 40, psize, psize)
     with torch.no_grad():
         out, ref = net(x), net.fc(net.conv(x).flatten(1))
-    assert (net.folded_convs()[-1].winograd is not None) and out.shape == (7, 5)
+    assert (net._fast_form().convs[-1].winograd is not None) and out.shape == (7, 5)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -250,11 +250,12 @@ def test_regress_in_training_has_gradients(freeze_bn):
         for _ in range(2)
     ]
     props = torch.tensor([[20.0, 20.0, 30.0, 30.0], [50.0, 40.0, 60.0, 10.0]])
-    out = model.regress("mid", feats[0], feats[1], props)
-    out["raw"].sum().backward()
+    data = {"features0": feats[0], "features1": feats[1], "proposals": props}
+    out = model(data, stages=True)["mid_logits"]
+    out.sum().backward()
     for layer in (0, 2):  # both convs
         assert model.regress_mid.conv[layer].weight.grad.abs().sum() > 0
     if freeze_bn:
         with torch.no_grad():
-            fast = model.regress("mid", feats[0], feats[1], props)["raw"]
-        torch.testing.assert_close(out["raw"].detach(), fast, rtol=1e-4, atol=1e-4)
+            fast = model(data, stages=True)["mid_logits"]
+        torch.testing.assert_close(out.detach(), fast, rtol=1e-4, atol=1e-4)

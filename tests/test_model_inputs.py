@@ -10,9 +10,16 @@ from conftest import SCORE_ATOL, align_rows
 from PIL import Image
 
 from p2p_hloc.cli import main as cli_main
+from p2p_hloc.console import InputError
 from p2p_hloc.model import CheckpointError, load_model
 from p2p_hloc.model.checkpoint import read_checkpoint
-from p2p_hloc.preprocess import ImageError, load_image, target_size
+from p2p_hloc.preprocess import (
+    ImageError,
+    image_size,
+    load_image,
+    target_size,
+    to_tensor,
+)
 from p2p_hloc.weights import WeightsNotFoundError, get_weights
 
 
@@ -47,20 +54,55 @@ def test_too_small_image(tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])
 def test_image_modes_converted_to_rgb(tmp_path, mode, golden_dir):
+    """PIL's RGB conversion, except 16-bit grayscale: scaled to 8 bits."""
     rgb = Image.open(golden_dir / "pairA_1.png").convert("RGB")
     if mode == "I;16":
         arr = np.asarray(rgb.convert("L"), np.uint16) * 257
         im = Image.fromarray(arr)  # 16-bit grayscale PNG
+        expected = rgb.convert("L").convert("RGB")  # the same gray, 8 bits
     else:
         im = rgb.convert(mode)
+        expected = im.convert("RGB")
     p = tmp_path / f"im_{mode.replace(';', '')}.png"
     im.save(p)
+    assert Image.open(p).mode == mode
     x, scale, size = load_image(p, 512)
-    expected = Image.open(p).convert("RGB").resize((512, 384), Image.BICUBIC)
     assert x.shape == (3, 384, 512) and size == (640, 480)
-    from p2p_hloc.preprocess import to_tensor
-
+    expected = expected.resize((512, 384), Image.BICUBIC)
     torch.testing.assert_close(x, to_tensor(expected))
+
+
+def test_16bit_png_matches_and_parity_option(tmp_path, golden_dir, logs):
+    """A 16-bit PNG was read as nearly white (0 matches, exit 0): it matches as
+    its 8-bit version; the official clipping stays as an option, with a warning."""
+    p = tmp_path / "im16.png"
+    gray = Image.open(golden_dir / "pairA_1.png").convert("L")
+    Image.fromarray(np.asarray(gray, np.uint16) * 257).save(p)
+    x = load_image(p, 256)[0]
+    assert 0.2 < x.mean() < 0.8 and x.std() > 0.1
+    torch.testing.assert_close(x, load_image(gray, 256)[0])
+    assert "16-bit" not in logs.text
+    white = load_image(p, 256, official_16bit=True)[0]
+    assert white.mean() > 0.99
+    assert "16-bit" in logs.text and "im16.png" in logs.text
+
+
+def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    p = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2x the limit
+    for read in (load_image, image_size):
+        with pytest.raises(ImageError, match="bomb.png.*decompression bomb"):
+            read(p)
+
+
+def test_refine_zero_proposals(golden_model, golden_dir):
+    """Zero proposals give empty results (it raised 'cannot reshape tensor of
+    0 elements')."""
+    pair = [golden_dir / f"pairA_{i}.png" for i in (1, 2)]
+    out = golden_model.refine(*pair, np.zeros((0, 4)), imsize=128, stages=True)
+    assert out["keypoints0"].shape == out["keypoints1"].shape == (0, 2)
+    assert out["scores"].shape == (0,) and out["mid_logits"].shape == (0, 5)
 
 
 def test_checkpoint_key_errors(tmp_path, ckpt):
@@ -89,6 +131,43 @@ def test_corrupt_checkpoint(tmp_path):
         load_model(tmp_path / "absent.pth", "cpu")
 
 
+def test_empty_checkpoint_says_why(tmp_path):
+    p = tmp_path / "empty.pth"
+    p.touch()
+    with pytest.raises(CheckpointError, match="empty.pth: the file is empty"):
+        load_model(p, "cpu")
+
+
+def test_wrong_checkpoint_is_summarised(tmp_path):
+    """Another network's weights: counts per prefix and a few names, not the
+    hundreds of keys."""
+    state = {f"backbone.block{i}.weight": torch.zeros(2) for i in range(300)}
+    p = tmp_path / "other.pth"
+    torch.save({"state_dict": state}, p)
+    with pytest.raises(CheckpointError) as e:
+        load_model(p, "cpu")
+    msg = str(e.value)
+    assert "other.pth" in msg and len(msg) < 800
+    assert "unexpected keys: 300 keys (backbone.* 300), e.g. backbone.block0" in msg
+    assert "missing keys:" in msg and "extract.* " in msg and "ncn.* " in msg
+
+
+def test_non_finite_weights_caught_at_load(tmp_path, ckpt):
+    state = dict(ckpt["state_dict"])
+    state["regress_mid.fc.0.weight"] = torch.full_like(
+        state["regress_mid.fc.0.weight"], float("nan")
+    )
+    state["ncn.conv.0.bias"] = state["ncn.conv.0.bias"].clone()
+    state["ncn.conv.0.bias"][0] = float("inf")
+    p = tmp_path / "nan.pth"
+    torch.save(dict(ckpt, state_dict=state), p)
+    with pytest.raises(CheckpointError) as e:
+        load_model(p, "cpu")
+    msg = str(e.value)
+    assert "nan.pth" in msg and "non-finite" in msg
+    assert "ncn.conv.0.bias, regress_mid.fc.0.weight" in msg
+
+
 def test_layer4_is_accepted_and_ignored(tmp_path, ckpt):
     extra = dict(ckpt)
     extra["state_dict"] = dict(ckpt["state_dict"])
@@ -110,9 +189,8 @@ def test_ncnet_bare_state_dict_is_coarse_only(tmp_path, ckpt, golden_dir):
     model = load_model(p, "cpu")
     assert model.coarse_only
     ref = np.load(golden_dir / "outputs_B_default.npz")
-    x0, s0, _ = load_image(golden_dir / "pairB_1.png", 1024)
-    x1, s1, _ = load_image(golden_dir / "pairB_2.png", 1024)
-    out = model.match(x0[None], x1[None], s0, s1, threshold=0.0)
+    pair = [golden_dir / f"pairB_{i}.png" for i in (1, 2)]
+    out = model.match(*pair, imsize=1024, threshold=0.0)
     kp = np.concatenate([out["keypoints0"].numpy(), out["keypoints1"].numpy()], 1)
     np.testing.assert_allclose(kp, ref["coarse_matches"])
 
@@ -228,3 +306,18 @@ def test_cli_coarse_only_and_errors(tmp_path, golden_dir, golden_weights):
     )
     assert r.returncode == 2 and "x.png" in r.stderr
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_cli_out_folder_refused_cleanly(tmp_path, golden_dir, golden_weights, capsys):
+    """``--out`` naming a folder: one error line before any work, nothing
+    written (it left a stray ``.tmp.npz``); ``--debug`` raises instead."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["match", str(golden_dir / "pairA_1.png"), str(golden_dir / "pairA_2.png")]
+    args += ["--weights", str(golden_weights), "--imsize", "128", "--out", str(folder)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"p2p-hloc: error: --out {folder} is a folder")
+    assert list(tmp_path.rglob("*")) == [folder]
+    with pytest.raises(InputError, match="is a folder"):
+        cli_main(args + ["--debug"])

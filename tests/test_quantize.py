@@ -6,6 +6,8 @@ from p2p_hloc.quantize import (
     ImmatchQuantizer,
     assign_fixed,
     cluster_points,
+    quantize_pairs,
+    top_keypoints,
     unique_matches,
 )
 
@@ -133,32 +135,97 @@ def test_immatch_parity_running_midpoint():
 def test_max_kps_keeps_the_strongest_keypoints():
     """``max_kps`` (hloc's ``match_dense`` argument): the keypoints with the
     largest summed score stay, in (x, y) order; matches to the others go."""
-    from p2p_hloc.quantize import quantize_matches, top_keypoints
-
-    np.testing.assert_array_equal(
-        top_keypoints(np.array([1, 3, 2, 3.0]), 2), [-1, 0, -1, 1]
-    )
+    top = top_keypoints(np.array([1, 3, 2, 3.0]), 2)
+    np.testing.assert_array_equal(top, [-1, 0, -1, 1])
     np.testing.assert_array_equal(top_keypoints(np.array([1, 3.0]), None), [0, 1])
     np.testing.assert_array_equal(top_keypoints(np.array([1, 3.0]), 5), [0, 1])
     # image a: keypoints at x=10 (score .9+.8), x=50 (.2), x=90 (.7)
+    size = np.array([100, 100])
     raw = [
         {
             "keypoints0": np.array([[10, 5], [50, 5], [90, 5]], float),
             "keypoints1": np.array([[1, 1], [2, 20], [3, 40]], float),
             "scores": np.array([0.9, 0.2, 0.7]),
+            "size0": size,
+            "size1": size,
         },
         {
             "keypoints0": np.array([[11, 5]], float),
             "keypoints1": np.array([[7, 7]], float),
             "scores": np.array([0.8]),
+            "size0": size,
+            "size1": size,
         },
     ]
     pairs = [("a", "b"), ("a", "c")]
-    full, m_full = quantize_matches(pairs, raw, {})
-    kps, m = quantize_matches(pairs, raw, {}, max_kps=2)
-    np.testing.assert_allclose(kps["a"][0], [[10.5, 5], [90, 5]])
-    np.testing.assert_allclose(kps["a"][1], [1.7, 0.7])
-    assert len(kps["b"][0]) == 2  # b's weakest point (.2) is dropped too
-    np.testing.assert_array_equal(m[0][0], [0, 1])  # a0 -> b0, a1 (x=90) -> b1
-    np.testing.assert_array_equal(m[1][0], [0, -1])
-    np.testing.assert_array_equal(m_full[0][0], [0, 1, 2])
+    full = quantize_pairs(pairs, raw)
+    q = quantize_pairs(pairs, raw, max_kps=2)
+    np.testing.assert_allclose(q.keypoints["a"], [[10.5, 5], [90, 5]])
+    np.testing.assert_allclose(q.scores["a"], [1.7, 0.7])
+    assert len(q.keypoints["b"]) == 2  # b's weakest point (.2) is dropped too
+    np.testing.assert_array_equal(q.matches0[0], [0, 1])  # a(x=90) -> b1
+    np.testing.assert_array_equal(q.matches0[1], [0, -1])
+    np.testing.assert_array_equal(q.labels[0][0], [0, -1, 1])
+    np.testing.assert_array_equal(full.matches0[0], [0, 1, 2])
+
+
+def greedy(points: np.ndarray, scores: np.ndarray, radius: float) -> np.ndarray:
+    """The rule of ``cluster_points`` as a plain loop, on points sorted by
+    value: visit by decreasing density (ties by x, y); a point not yet taken
+    becomes a seed and takes its free neighbours. Returns cluster ids in
+    seed order."""
+    from p2p_hloc.quantize.core import _neighbours
+
+    n = len(points)
+    i, j = _neighbours(points, radius)
+    density = scores + np.bincount(i, weights=scores[j], minlength=n)
+    order = np.lexsort((points[:, 1], points[:, 0], -density))
+    labels = np.full(n, -1)
+    k = 0
+    for seed in order:
+        if labels[seed] < 0:
+            free = j[(i == seed) & (labels[j] < 0)]
+            labels[free] = labels[seed] = k
+            k += 1
+    return labels
+
+
+def test_rounds_equal_the_greedy_pass():
+    """The vectorized rounds (a point is a seed when no higher-priority
+    neighbour is one) give the greedy pass's clusters: dense blobs, chains,
+    exact ties on a grid."""
+    from p2p_hloc.quantize.core import _cluster_sorted, _sort_by_value
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.uniform(0, 40, (300, 2)), rng.uniform(0, 1, 300)),
+        (np.stack([np.arange(0, 60, 2.5), np.zeros(24)], -1), np.ones(24)),
+        (rng.integers(0, 12, (200, 2)).astype(float), rng.integers(1, 3, 200) / 2),
+        (rng.normal(50, 3, (500, 2)), rng.uniform(0, 1, 500).round(1)),
+    ]
+    for points, scores in cases:
+        perm = _sort_by_value(points, scores)
+        p, s = points[perm], scores[perm]
+        kps, labels, _ = _cluster_sorted(p, s, 4.0)
+        ref = greedy(p, s, 4.0)
+        # the same partition (cluster ids differ: ours are sorted by x, y)
+        assert len(kps) == ref.max() + 1
+        pairs = set(zip(labels.tolist(), ref.tolist()))
+        assert len(pairs) == len(kps)
+
+
+def test_keypoints_sorted_by_x_then_y():
+    """The documented order of ``cluster_points`` (issue 17), on points that
+    are not on a line: several keypoints share an x, their y decide."""
+    pts = np.array(
+        [[30, 5], [10, 40], [10, 5], [30, 40], [10, 20.5], [50, 1], [30, 20]], float
+    )
+    perm = np.random.default_rng(1).permutation(len(pts))
+    kps, labels, _ = cluster_points(pts[perm], radius=2.0)
+    np.testing.assert_array_equal(
+        kps, [[10, 5], [10, 20.5], [10, 40], [30, 5], [30, 20], [30, 40], [50, 1]]
+    )
+    np.testing.assert_array_equal(kps[labels], pts[perm])
+    rng = np.random.default_rng(2)
+    kps, _, _ = cluster_points(rng.uniform(0, 100, (500, 2)).round(0), radius=3.0)
+    assert np.all(np.lexsort((kps[:, 1], kps[:, 0])) == np.arange(len(kps)))

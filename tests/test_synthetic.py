@@ -3,8 +3,17 @@ import pycolmap
 import pytest
 
 from p2p_hloc.eval.poses import THRESHOLDS, evaluate, pose_error, read_poses
-from p2p_hloc.io import parse_queries, parse_retrieval, write_poses
-from p2p_hloc.synthetic import View, generate_scene, look, room, world_points
+from p2p_hloc.io import parse_pairs, parse_queries, parse_retrieval, write_poses
+from p2p_hloc.synthetic import (
+    SIDE_POSES,
+    View,
+    generate_scene,
+    intersect,
+    look,
+    room,
+    simulate_matches,
+    world_points,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +65,37 @@ def test_pose_errors(tmp_path):
         "0.5m,5.0deg": 0.5,
         "5.0m,10.0deg": 0.5,
     }
+
+
+def test_two_clusters_without_images(tmp_path):
+    """clusters=2: a second group of database images whose covisibility pairs
+    stay among themselves, retrieved by every query; no images rendered."""
+    paths = generate_scene(
+        tmp_path / "s", num_queries=2, clusters=2, render_images=False
+    )
+    rec = pycolmap.Reconstruction(paths["reference"])
+    assert rec.num_images() == 8 + len(SIDE_POSES)
+    assert not any(paths["images"].rglob("*.png"))
+    side = {f"db/{i:03d}.png" for i in range(8, 8 + len(SIDE_POSES))}
+    pairs = parse_pairs(paths["pairs_db"])
+    assert pairs and all((a in side) == (b in side) for a, b in pairs)
+    for refs in parse_retrieval(paths["pairs_query"]).values():
+        assert len(refs) == 4 + len(side) and set(refs[4:]) == side
+
+
+def test_simulated_matches_follow_the_geometry():
+    """Without jitter, both points of a simulated match see the same plane
+    point: keypoints1 is the projection of what keypoints0 sees."""
+    planes = room()
+    v0 = View("a", 64, 48, 50.0, *look((0.0, 0.0, 2.0), 10))
+    v1 = View("b", 64, 48, 50.0, *look((0.6, 0.1, 2.4), -5))
+    m = simulate_matches(planes, v0, v1, 200, jitter=0.0)
+    assert 100 < len(m["scores"]) <= 200
+    depth, _, _ = intersect(planes, v0.center, v0.rays(m["keypoints0"]))
+    xyz = v0.center + depth[:, None] * v0.rays(m["keypoints0"])
+    np.testing.assert_allclose(v1.project(xyz)[0], m["keypoints1"], atol=1e-6)
+    assert np.all(m["size0"] == [64, 48]) and np.all(m["scores"] >= 0.3)
+    grid = simulate_matches(planes, v0, v1, 50, jitter=0.0, grid=8.0)
+    assert np.allclose(grid["keypoints0"] % 8, 4)  # lattice centres
+    noisy = simulate_matches(planes, v0, v1, 200, jitter=0.5)
+    assert len(noisy["scores"]) > 100

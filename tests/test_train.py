@@ -15,17 +15,18 @@ from p2p_hloc.train.data import PlanarPairs
 from p2p_hloc.train.losses import expand_patches, sample_proposals, sampson_distance
 
 CONF = {
-    "epochs": 24,  # one step per epoch: the whole training set is one batch
+    "epochs": 6,  # one step per epoch: the whole training set is one batch
     "batch_size": 3,
     "ptmax": 16,
     "expansion": False,
-    "lr": 1e-5,  # the golden random regressors diverge at the paper's 5e-4
-    "lr_milestones": [20],
-    "freeze_bn": True,  # batches of 32 anchors: keep the golden BN statistics
+    "lr": 4e-5,  # the golden random regressors diverge at the paper's 5e-4
+    "lr_milestones": [5],
+    "freeze_bn": True,  # batches of 16 proposals: keep the golden BN statistics
     "cache_features": True,
     "log_every": 1,
-    "save_every": 12,
+    "save_every": 3,
 }
+SIZE = (256, 192)  # (W, H) of the generated pairs
 
 
 def epoch_losses(log: Path) -> List[float]:
@@ -38,11 +39,10 @@ def epoch_losses(log: Path) -> List[float]:
 
 
 @torch.no_grad()
-def objective(model, dataset, conf) -> float:
+def objective(model, dataset, conf, frozen) -> float:
     """Training loss over all proposals of ``dataset`` as one batch
     (deterministic: no sampling; BN frozen, so eval mode equals training)."""
     model.eval()
-    frozen = trainer.FrozenStage(model, {**conf, "cache_features": False})
     items = [dataset[i] for i in range(len(dataset))]
     return trainer.train_step(model, frozen, items, {**conf, "ptmax": 0}, None)[
         "loss"
@@ -64,25 +64,30 @@ def test_expansion_and_sampson():
 
 def test_train_planar(golden_weights, tmp_path):
     torch.set_num_threads(2)
-    train_set = PlanarPairs({"num_pairs": 3, "seed": 0})
-    val_set = PlanarPairs({"num_pairs": 3, "seed": 100})
+    train_set = PlanarPairs({"num_pairs": 3, "seed": 0, "size": SIZE})
+    val_set = PlanarPairs({"num_pairs": 3, "seed": 100, "size": SIZE})
     conf = {**trainer.default_conf, **CONF}
     model0 = trainer.build_model(conf, golden_weights)
-    err0 = trainer.evaluate(model0, val_set, conf, inliers_only=True)
-    loss0 = objective(model0, train_set, conf)
+    # features and NCNet proposals are frozen: computed once for both models
+    frozen_train, frozen_val = (trainer.FrozenStage(model0, conf) for _ in "tv")
+    err0 = trainer.evaluate(model0, val_set, conf, True, frozen_val)
+    loss0 = objective(model0, train_set, conf, frozen_train)
 
     last = trainer.main(CONF, train_set, tmp_path, golden_weights)
 
     model = load_model(last, "cpu")  # the loader of the official file
-    err1 = trainer.evaluate(model, val_set, conf, inliers_only=True)
-    loss1 = objective(model, train_set, conf)
-    assert len(epoch_losses(tmp_path / "log.csv")) >= 20  # logged steps
+    err1 = trainer.evaluate(model, val_set, conf, True, frozen_val)
+    loss1 = objective(model, train_set, conf, frozen_train)
     print(f"training loss {loss0:.1f} -> {loss1:.1f}")
     print(
         f"held-out fine Sampson {err0['fine_inlier']:.1f} -> {err1['fine_inlier']:.1f}"
     )
-    assert loss1 < loss0
-    assert err1["fine_inlier"] < err0["fine_inlier"]
+    # logged steps (a step whose 16 sampled proposals hold no positive is skipped)
+    assert len(epoch_losses(tmp_path / "log.csv")) >= CONF["epochs"] - 1
+    # measured: loss 112.2 -> 58.5 (-48%), held-out fine Sampson error of the
+    # inlier proposals 114.8 -> 31.5 px^2 (-73%); asserted: at least -20% each
+    assert loss1 < 0.8 * loss0
+    assert err1["fine_inlier"] < 0.8 * err0["fine_inlier"]
 
     ours, official = read_checkpoint(last), read_checkpoint(golden_weights)
     assert set(official) <= set(ours)
@@ -94,8 +99,8 @@ def test_train_planar(golden_weights, tmp_path):
     shapes = {k: v.shape for k, v in ours["state_dict"].items()}
     assert shapes == {k: v.shape for k, v in official["state_dict"].items()}
     assert sorted(p.name for p in tmp_path.glob("ckpt_ep*.pth")) == [
-        "ckpt_ep12.pth",
-        "ckpt_ep24.pth",
+        "ckpt_ep3.pth",
+        "ckpt_ep6.pth",
     ]
 
 

@@ -4,6 +4,10 @@ The lock is an ``flock`` on a small file next to the output: the kernel drops it
 when its process dies, even by ``kill -9``, so a stale lock file is harmless
 and is simply locked again. It needs a filesystem with working ``flock`` (local
 disks; NFS v4 and Lustre with ``flock`` enabled).
+
+A process that holds a lock may enter it again (nested ``file_lock`` of the
+same file): ``match_pairs`` holds its matches file's lock for the whole run,
+and the write phase inside it takes the same lock.
 """
 
 import errno
@@ -12,9 +16,11 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 from .. import logger
+
+_held: Dict[str, Tuple[int, int]] = {}  # lock file -> (pid, depth)
 
 
 class LockTimeout(TimeoutError):
@@ -42,6 +48,15 @@ def file_lock(
     """
     lpath = lock_path(path)
     lpath.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lpath.resolve())
+    pid, depth = _held.get(key, (None, 0))
+    if pid == os.getpid():  # held by this process: nested
+        _held[key] = (pid, depth + 1)
+        try:
+            yield lpath
+        finally:
+            _held[key] = (pid, depth)
+        return
     fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         start, told = time.monotonic(), False
@@ -70,6 +85,10 @@ def file_lock(
         os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}: {what}".encode(), 0)
         if told:
             logger.info("Got %s after %.0f s.", lpath, time.monotonic() - start)
-        yield lpath
+        _held[key] = (os.getpid(), 1)
+        try:
+            yield lpath
+        finally:
+            del _held[key]
     finally:
         os.close(fd)  # releases the flock

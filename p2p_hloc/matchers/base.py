@@ -1,33 +1,16 @@
 """The interface shared by all match sources."""
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
-
-from ..preprocess import read_image, target_size
 
 
 def default_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def resize_image(
-    path: Path, resize_max: Optional[int], dfactor: int = 1
-) -> Tuple[Image.Image, np.ndarray, Tuple[int, int]]:
-    """RGB image resized so its larger side is at most ``resize_max`` and its
-    sides are multiples of ``dfactor`` (never upsampled); returns it, the
-    per-axis ``scale`` (original / resized) and the original ``(W, H)``."""
-    image = read_image(path)
-    size = image.size
-    wt, ht = target_size(*size, resize_max, dfactor)
-    if (wt, ht) != size:
-        image = image.resize((wt, ht), Image.BICUBIC)
-    return image, np.array([size[0] / wt, size[1] / ht]), size
 
 
 class BaseMatcher:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
-from PIL import Image
 
 from ..io import from_hloc_coords, get_keypoints, get_matches
-from ..preprocess import ImageError
+from ..preprocess import image_size
 from .base import BaseMatcher
 
 
@@ -27,12 +26,8 @@ class Matcher(BaseMatcher):
         self.image_dir = Path(conf["image_dir"])
 
     def load(self, path: Path) -> Dict[str, Any]:
-        try:
-            with Image.open(path) as im:
-                size = im.size
-        except OSError as e:
-            raise ImageError(f"cannot read image {path}: {e}") from e
-        return {"name": Path(path).relative_to(self.image_dir).as_posix(), "size": size}
+        name = Path(path).relative_to(self.image_dir).as_posix()
+        return {"name": name, "size": image_size(path)}
 
     def extract(self, data: Dict[str, Any]) -> Dict[str, Any]:
         kps = get_keypoints(self.features, data["name"]).astype(np.float64)

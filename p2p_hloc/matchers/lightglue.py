@@ -8,7 +8,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .base import BaseMatcher, default_device, resize_image
+from ..preprocess import load_image
+from .base import BaseMatcher, default_device
 
 
 def import_lightglue():
@@ -44,10 +45,12 @@ class Matcher(BaseMatcher):
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
-        image, scale, size = resize_image(
-            path, p.get("resize_max"), p.get("dfactor", 1)
+        image, scale, size = load_image(
+            path,
+            p.get("resize_max"),
+            p.get("dfactor", 1),
+            p.get("official_16bit", False),
         )
-        image = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
         return {"image": image, "scale": scale, "size": size}
 
     @torch.inference_mode()

@@ -55,7 +55,9 @@ class Matcher(BaseMatcher):
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
-        image, scale, size = load_image(path, p["resize_max"], p.get("dfactor", 16))
+        image, scale, size = load_image(
+            path, p["resize_max"], p.get("dfactor", 16), p.get("official_16bit", False)
+        )
         return {"image": image, "scale": scale, "size": size}
 
     @torch.inference_mode()
@@ -67,9 +69,7 @@ class Matcher(BaseMatcher):
     def match(
         self, prep0: Dict[str, Any], prep1: Dict[str, Any]
     ) -> Dict[str, np.ndarray]:
-        pred = self.model.forward_features(
-            prep0["feats"], prep1["feats"], coarse_only=self.conf["coarse_only"]
-        )
+        pred = self.model({"features0": prep0["feats"], "features1": prep1["feats"]})
         pred = select_matches(
             pred, prep0["scale"], prep1["scale"], self.conf["threshold"]
         )

@@ -22,6 +22,7 @@ class Refined(BaseMatcher):
         "resize_max": 1024,
         "threshold": 0.25,
         "precision": "fp32",
+        "official_16bit": False,  # parity only: 16-bit images clipped (white)
     }
 
     def __init__(self, proposer: BaseMatcher, conf: dict, weights=None, device=None):
@@ -31,7 +32,9 @@ class Refined(BaseMatcher):
         self.model.precision = self.conf["precision"]
 
     def load(self, path: Path) -> Dict[str, Any]:
-        image, scale, size = load_image(path, self.conf["resize_max"], multiple=1)
+        image, scale, size = load_image(
+            path, self.conf["resize_max"], 1, self.conf["official_16bit"]
+        )
         return {
             "proposer": self.proposer.load(path),
             "image": image,
@@ -63,8 +66,12 @@ class Refined(BaseMatcher):
             1,
         )
         proposals = torch.from_numpy(xy).float().to(self.model.device)
-        pred = self.model.forward_features(
-            prep0["feats"], prep1["feats"], proposals=proposals
+        pred = self.model(
+            {
+                "features0": prep0["feats"],
+                "features1": prep1["feats"],
+                "proposals": proposals,
+            }
         )
         pred = select_matches(
             pred, prep0["scale"], prep1["scale"], self.conf["threshold"]

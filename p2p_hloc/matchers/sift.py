@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import torch
 
-from .base import BaseMatcher, empty_matches, resize_image
+from ..preprocess import read_image, resize
+from .base import BaseMatcher, empty_matches
 
 
 class Matcher(BaseMatcher):
@@ -19,11 +20,12 @@ class Matcher(BaseMatcher):
 
     def load(self, path: Path) -> Dict[str, Any]:
         p = self.preprocessing
-        image, scale, size = resize_image(
-            path, p.get("resize_max"), p.get("dfactor", 1)
+        image = read_image(path, p.get("official_16bit", False))
+        resized, scale = resize(
+            image, p.get("resize_max"), p.get("dfactor", 1), str(path)
         )
-        gray = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
-        return {"image": gray, "scale": scale, "size": size}
+        gray = cv2.cvtColor(np.asarray(resized), cv2.COLOR_RGB2GRAY)
+        return {"image": gray, "scale": scale, "size": image.size}
 
     def extract(self, data: Dict[str, Any]) -> Dict[str, Any]:
         sift = cv2.SIFT_create(nfeatures=self.conf["max_keypoints"])

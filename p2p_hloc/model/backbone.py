@@ -10,6 +10,19 @@ from typing import List
 import torch
 from torch import nn
 
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics of the backbone's inputs
+STD = (0.229, 0.224, 0.225)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] (or ``(B, 1, H, W)`` gray, repeated to
+    RGB) -> ImageNet-normalised ``(B, 3, H, W)``."""
+    if image.shape[1] == 1:
+        image = image.expand(-1, 3, -1, -1)
+    mean = torch.tensor(MEAN, dtype=image.dtype, device=image.device)
+    std = torch.tensor(STD, dtype=image.dtype, device=image.device)
+    return (image - mean[:, None, None]) / std[:, None, None]
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, downsample: bool = False):

@@ -9,8 +9,9 @@ dict. ``extract.layer4.*`` keys are accepted and ignored (never run).
 
 import argparse
 import logging
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -55,10 +56,13 @@ def read_checkpoint(path: Union[str, Path]) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     try:
         ckpt = _safe_load(path)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        reason = str(e).strip() or type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     if "state_dict" not in ckpt:  # a bare state dict (ncn_ivd_5ep.pth)
@@ -92,34 +96,56 @@ def regressor_config(ckpt: Dict) -> Optional[RegressorConfig]:
     )
 
 
+def summarize_keys(keys: Sequence[str], shown: int = 5) -> str:
+    """``a, b, c`` for a few keys; for more, the count per top-level prefix
+    and the first ``shown``."""
+    keys = sorted(keys)
+    if len(keys) <= shown:
+        return ", ".join(keys)
+    groups = Counter(k.split(".", 1)[0] + ".*" for k in keys)
+    per_group = ", ".join(f"{g} {n}" for g, n in sorted(groups.items()))
+    return f"{len(keys)} keys ({per_group}), e.g. {', '.join(keys[:shown])}"
+
+
 def load_state(
     model: Patch2Pix, state: Dict[str, torch.Tensor], source: str = ""
 ) -> None:
-    """Load a state dict strictly (apart from ``layer4``), naming any key that
-    is missing, unexpected or of the wrong shape."""
+    """Load a state dict strictly (apart from ``layer4``), naming the keys
+    that are missing, unexpected, of the wrong shape or not finite."""
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     if any(k.startswith("module.") for k in state):
         state = {k.replace("module.", "", 1): v for k, v in state.items()}
     own = model.state_dict()
     if model.coarse_only:  # regressor keys of a full file are not needed
         state = {k: v for k, v in state.items() if not k.startswith("regress_")}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
+        for k in sorted(own)
         if k in state and state[k].shape != own[k].shape
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
+        problems.append(f"missing keys: {summarize_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        problems.append(f"unexpected keys: {summarize_keys(unexpected)}")
     if wrong:
-        problems.append(f"mis-shaped keys: {'; '.join(wrong)}")
+        more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
+        problems.append(f"mis-shaped keys: {'; '.join(wrong[:5])}{more}")
     if problems:
         raise CheckpointError(
             f"checkpoint {source} does not fit Patch2Pix: " + " | ".join(problems)
+        )
+    bad = [
+        k
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} has non-finite values (NaN or inf) in "
+            f"{summarize_keys(bad)}"
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 

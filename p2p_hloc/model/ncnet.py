@@ -7,7 +7,7 @@ The full-resolution volume is never stored: correlation and 4D max-pool run
 together in tiles (``correlation_maxpool``).
 """
 
-from typing import Callable, Tuple, Union
+from typing import Callable, Tuple
 
 import numpy as np
 import torch
@@ -22,55 +22,19 @@ def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x / torch.sqrt(torch.sum(x * x, dim=dim, keepdim=True) + 1e-6)
 
 
-def correlation_4d(feat0: torch.Tensor, feat1: torch.Tensor) -> torch.Tensor:
-    """Dot products of all cell pairs: ``(B, C, H1, W1)``, ``(B, C, H2, W2)`` ->
-    ``(B, 1, H1, W1, H2, W2)``."""
-    b, c, h1, w1 = feat0.shape
-    h2, w2 = feat1.shape[-2:]
-    a = feat0.permute(0, 2, 3, 1).reshape(b, h1 * w1, c)
-    corr = torch.bmm(a, feat1.reshape(b, c, h2 * w2))
-    return corr.view(b, 1, h1, w1, h2, w2)
-
-
-def _pool_argmax(corr: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Max and flat candidate index ``((di*k + dj)*k + dk)*k + dl`` (uint8) over
-    each ``k^4`` block of ``(h1, w1, h2, w2)`` -> ``(h1/k, w1/k, h2/k, w2/k)``."""
-    h1, w1, h2, w2 = corr.shape
-    if h1 % k or w1 % k or h2 % k or w2 % k:
-        raise ValueError(
-            f"4D max-pool needs sizes divisible by {k}, got {tuple(corr.shape)}"
-        )
-    v = corr.reshape(h1 // k, k, w1 // k, k, h2 // k, k, w2 // k, k)
-    v = v.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(
-        h1 // k, w1 // k, h2 // k, w2 // k, k**4
-    )
-    pooled, idx = v.max(dim=-1)
-    return pooled, idx.to(torch.uint8)
-
-
 def decode_argmax(idx: torch.Tensor, k: int = 2) -> torch.Tensor:
     """Flat candidate indices -> ``(4, *idx.shape)`` int64 offsets di, dj, dk, dl."""
     idx = idx.long()
     return torch.stack([(idx // k**p) % k for p in (3, 2, 1, 0)])
 
 
-def maxpool4d(corr: torch.Tensor, k: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Max over each ``k^4`` block of a ``(1, 1, H1, W1, H2, W2)`` volume.
-
-    Returns the pooled volume ``(1, 1, H1/k, W1/k, H2/k, W2/k)`` and the argmax
-    offsets ``(4, 1, 1, H1/k, W1/k, H2/k, W2/k)`` (int64, order di, dj, dk, dl),
-    with the official candidate order ``((di*k + dj)*k + dk)*k + dl``.
-    """
-    pooled, idx = _pool_argmax(corr[0, 0], k)
-    return pooled[None, None], decode_argmax(idx[None, None], k)
-
-
 def correlation_maxpool(
     feat0: torch.Tensor, feat1: torch.Tensor, k: int = 2, chunk: int = 1 << 20
 ) -> torch.Tensor:
-    """The pooled volume of ``maxpool4d(correlation_4d(feat0, feat1))``, computed
-    in tiles so that at most about ``chunk`` full-resolution entries exist at a
-    time (not differentiable). The argmax is not kept: ``pool_argmax`` gives
+    """The 4D correlation of two feature maps max-pooled over ``k^4`` blocks
+    (the official ``correlation`` then ``maxpool4d``), computed in tiles so
+    that at most about ``chunk`` full-resolution entries exist at a time (not
+    differentiable). The argmax is not kept: ``pool_argmax`` gives
     it at the few cells where it is needed.
 
     Args: ``(1, C, H1, W1)``, ``(1, C, H2, W2)`` features (batch 1).
@@ -117,7 +81,8 @@ def pool_argmax(
         cells0, cells1: ``(R,)`` flat pooled-cell indices (row-major) in each image.
     Returns:
         ``(R,)`` int64 flat candidate indices ``((di*k + dj)*k + dk)*k + dl``
-        (the first maximum on ties, as ``maxpool4d``); see ``decode_argmax``.
+        (the first maximum on ties, as the official ``maxpool4d``); see
+        ``decode_argmax``.
     """
     c, w1 = feat0.shape[1], feat0.shape[-1]
     w2 = feat1.shape[-1]
@@ -243,7 +208,7 @@ class NeighConsensus(nn.Module):
 
 def coarse_matches(
     corr: torch.Tensor,
-    offsets: Union[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+    argmax: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     stride: int = 8,
     k: int = 2,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -251,9 +216,8 @@ def coarse_matches(
 
     Args:
         corr: ``(1, 1, h1, w1, h2, w2)`` pooled correlation after NC.
-        offsets: the max-pool argmax, either per axis ``(4, 1, 1, h1, w1, h2,
-            w2)`` (``maxpool4d``) or a function of the ``(R,)`` flat pooled cells
-            of both images giving flat candidate indices (``pool_argmax``).
+        argmax: the max-pool argmax: a function of the ``(R,)`` flat pooled
+            cells of both images giving flat candidate indices (``pool_argmax``).
     Returns:
         matches ``(h2*w2 + h1*w1, 4)`` int64 ``[x1, y1, x2, y2]`` pixels of the
         network input (``stride * cell + stride // 2``), direction B->A first;
@@ -269,10 +233,7 @@ def coarse_matches(
     s2, b2 = F.softmax(corr, dim=1).max(dim=1)
     a2 = torch.arange(h1 * w1, device=dev)
     ia, ib = torch.cat([a1, a2]), torch.cat([b1, b2])
-    if callable(offsets):
-        d = decode_argmax(offsets(ia, ib), k)
-    else:
-        d = offsets.reshape(4, h1 * w1, h2 * w2)[:, ia, ib]
+    d = decode_argmax(argmax(ia, ib), k)
     iA, jA, iB, jB = ia // w1, ia % w1, ib // w2, ib % w2
     cells = torch.stack([jA * k + d[1], iA * k + d[0], jB * k + d[3], iB * k + d[2]], 1)
     return cells * stride + stride // 2, torch.cat([s1, s2])

@@ -1,19 +1,21 @@
 """Patch2Pix: NCNet patch proposals refined to pixel matches by two regressors.
 
-All coordinates here are pixels of the network inputs (the resized images),
-``[x1, y1, x2, y2]`` with image 0 first, in the official convention (coarse
-cell centres at ``8 * cell + 4``). ``match`` can scale them to original pixels.
+Coordinates are pixels of the network inputs (the resized images) in the
+corner convention (coarse cell centres at ``8 * cell + 4``); ``match`` scales
+them to the original images.
 """
 
-import contextlib
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from .backbone import ResNet34Features
+from ..preprocess import load_image
+from .backbone import ResNet34Features, normalize
 from .ncnet import (
     NeighConsensus,
     coarse_matches,
@@ -23,19 +25,10 @@ from .ncnet import (
     mutual_matching,
     pool_argmax,
 )
-from .regressor import (
-    CellShare,
-    FeatRegressNet,
-    FoldedConv,
-    PatchTable,
-    gather_patches,
-    parse_output,
-    patch_tables,
-)
+from .patches import PatchTable, patch_tables
+from .regressor import FeatRegressNet, check_precision
 
 Features = List[torch.Tensor]
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -66,8 +59,6 @@ class Patch2Pix(nn.Module):
 
     ksize = 2  # 4D max-pool size
     stride = 8  # feature stride of layer3 after the stride change
-    regr_batch = 64  # proposals per regressor call at inference (cache-sized)
-    train_batch = 128  # proposals per call in train mode (a BatchNorm batch)
 
     def __init__(
         self,
@@ -75,7 +66,6 @@ class Patch2Pix(nn.Module):
         precision: str = "fp32",
     ):
         super().__init__()
-        self.precision = precision
         self.extract = ResNet34Features()
         self.ncn = NeighConsensus()
         self.regressor = regressor
@@ -95,12 +85,13 @@ class Patch2Pix(nn.Module):
                 if regressor.shared
                 else FeatRegressNet(psize=regressor.psize[1], **kw)
             )
-            for net in (self.regress_mid, self.regress_fine):
-                net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout
+        self.precision = precision
         self.eval()
 
     @property
     def coarse_only(self) -> bool:
+        """A model without regressors (built so by ``load_model(...,
+        coarse_only=True)`` or from an NCNet checkpoint)."""
         return self.regressor is None
 
     @property
@@ -113,47 +104,61 @@ class Patch2Pix(nn.Module):
 
     @precision.setter
     def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {sorted(PRECISIONS)}, got {value!r}"
-            )
-        self._precision = value
-
-    def autocast(self) -> ContextManager:
-        """The autocast context of ``precision`` (a no-op for fp32)."""
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    @classmethod
-    def from_checkpoint(cls, path, device: Optional[str] = None) -> "Patch2Pix":
-        """Build from an official checkpoint file (``patch2pix_pretrained.pth``,
-        ``ncn_ivd_5ep.pth``) or one written by our trainer."""
-        from .checkpoint import load_model
-
-        return load_model(path, device)
+        self._precision = check_precision(value)
+        if not self.coarse_only:
+            self.regress_mid.precision = self.regress_fine.precision = value
 
     # ---------------------------------------------------------------- stages
     def extract_features(self, image: torch.Tensor) -> Features:
-        """``(1, 3, H, W)`` normalised image -> the five feature levels
+        """``(1, 3, H, W)`` RGB image in [0, 1] (or ``(1, 1, H, W)`` gray) ->
+        the five feature levels, the first being the normalised image
         (channels-last memory: the regressors read them as row tables)."""
+        if image.ndim != 4 or len(image) != 1 or image.shape[1] not in (1, 3):
+            raise ValueError(
+                f"expected one (1, 3, H, W) image, got shape {tuple(image.shape)}"
+            )
         return [
-            f.contiguous(memory_format=torch.channels_last) for f in self.extract(image)
+            f.contiguous(memory_format=torch.channels_last)
+            for f in self.extract(normalize(image))
         ]
 
-    def coarse(
-        self,
-        feats0: Features,
-        feats1: Features,
-        ncn_threshold: float = 0.0,
-        mutual: bool = True,
-    ) -> Dict[str, torch.Tensor]:
-        """NCNet proposals from the layer3 maps of both images (batch 1).
+    def correlation(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        """4D correlation of L2-normalised layer3 maps, max-pooled over
+        ``ksize^4`` blocks: ``(1, 1, h0, w0, h1, w1)``."""
+        return correlation_maxpool(f0, f1, self.ksize)
 
-        Returns ``matches`` ``(N, 4)`` int64 and ``scores`` ``(N,)``, mutual
-        and sorted as in the official code, plus the raw two-direction lists.
-        """
+    def consensus(self, corr: torch.Tensor) -> torch.Tensor:
+        """Mutual matching, neighbourhood consensus, mutual matching."""
+        return mutual_matching(self.ncn(mutual_matching(corr)))
+
+    def extract_matches(
+        self,
+        corr: torch.Tensor,
+        f0: torch.Tensor,
+        f1: torch.Tensor,
+        threshold: float = 0.0,
+    ) -> Dict[str, torch.Tensor]:
+        """Both directions' best matches of the volume, relocalised in the
+        max-pool windows; mutual ones with score ``> threshold`` (sorted as
+        in the official code), and the raw two-direction lists."""
+        argmax = partial(pool_argmax, f0, f1, k=self.ksize)
+        raw, raw_scores = coarse_matches(corr, argmax, self.stride, self.ksize)
+        m, s = mutual_filter(raw.cpu().numpy(), raw_scores.cpu().numpy(), threshold)
+        return {
+            "matches": torch.from_numpy(m).to(raw.device),
+            "scores": torch.from_numpy(s).to(raw.device),
+            "raw_matches": raw,
+            "raw_scores": raw_scores,
+        }
+
+    @torch.no_grad()
+    def coarse(
+        self, feats0: Features, feats1: Features, threshold: float = 0.0
+    ) -> Dict[str, torch.Tensor]:
+        """NCNet proposals from the layer3 maps of both images (not
+        differentiable). Returns ``matches`` ``(N, 4)`` int64 and ``scores``
+        ``(N,)`` (``extract_matches``), plus the raw two-direction lists
+        ``raw_matches``, ``raw_scores``."""
         for f in (feats0[-1], feats1[-1]):
             if f.shape[-1] % self.ksize or f.shape[-2] % self.ksize:
                 raise ValueError(
@@ -161,231 +166,137 @@ class Patch2Pix(nn.Module):
                     f"got features {tuple(f.shape[-2:])}"
                 )
         f0, f1 = l2_normalize(feats0[-1], 1), l2_normalize(feats1[-1], 1)
-        corr = correlation_maxpool(f0, f1, self.ksize)
-        corr = mutual_matching(self.ncn(mutual_matching(corr)))
-        argmax = partial(pool_argmax, f0, f1, k=self.ksize)
-        raw, raw_scores = coarse_matches(corr, argmax, self.stride)
-        raw_np, raw_scores_np = raw.cpu().numpy(), raw_scores.cpu().numpy()
-        if mutual:
-            m, s = mutual_filter(raw_np, raw_scores_np, ncn_threshold)
-        else:
-            keep = raw_scores_np > ncn_threshold
-            m, s = raw_np[keep], raw_scores_np[keep]
-        dev = raw.device
-        return {
-            "matches": torch.from_numpy(m).to(dev),
-            "scores": torch.from_numpy(s).to(dev),
-            "raw_matches": raw,
-            "raw_scores": raw_scores,
-        }
+        corr = self.consensus(self.correlation(f0, f1))
+        return self.extract_matches(corr, f0, f1, threshold)
 
     def patch_tables(self, feats: Features) -> List[PatchTable]:
-        """The regressor levels of one image as row tables (``PatchTable``)."""
+        """The regressor levels of one image as row tables."""
         cl = torch.channels_last  # makes the row tables free views
-        return patch_tables(
-            [feats[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
-        )
-
-    def regress(
-        self,
-        level: str,
-        feats0: Features,
-        feats1: Features,
-        matches: torch.Tensor,
-        tables: Optional[Tuple[List[PatchTable], List[PatchTable]]] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """One refinement level (``'mid'`` or ``'fine'``) on ``(N, 4)`` matches.
-
-        Patches are centred on the truncated matches; the offsets are added to
-        the untruncated ones. ``tables``: both images' ``patch_tables`` when
-        already computed. Returns ``matches`` ``(N, 4)`` float, ``scores``
-        ``(N,)`` and ``raw`` ``(N, 5)``.
-        """
-        net = self.regress_mid if level == "mid" else self.regress_fine
-        psize = self.regressor.psize[0 if level == "mid" else 1]
-        tables0, tables1 = tables or (
-            self.patch_tables(feats0),
-            self.patch_tables(feats1),
-        )
         strides = [ResNet34Features.strides[i] for i in self.feat_idx]
-        size0 = (feats0[0].shape[-1], feats0[0].shape[-2])
-        size1 = (feats1[0].shape[-1], feats1[0].shape[-2])
-        dims = [t.rows.shape[1] for t in tables0]
-        if not net.fast_path():
-            folded, shares, written = None, [[], []], len(dims)
-        else:
-            folded, shares, written = self._split_first_conv(net, dims, strides, psize)
-        dim = sum(dims[:written])
-        raws = []
-        for chunk in matches.split(
-            self.train_batch if net.training else self.regr_batch
-        ):
-            centres = chunk.long()
-            # (n, P, P, 2 * dim): image-0 then image-1 channels, each normalised
-            x = tables0[0].rows.new_empty(len(chunk), psize, psize, 2 * dim)
-            extra = None
-            for side, (tables, size) in enumerate(((tables0, size0), (tables1, size1))):
-                pts = centres[:, 2 * side : 2 * side + 2]
-                dst = x[..., side * dim : (side + 1) * dim]
-                _, inv = gather_patches(tables, strides, pts, size, psize, dst, written)
-                for level, share in shares[side]:
-                    part = share(tables[level], pts, size, inv)
-                    extra = part if extra is None else extra.add_(part)
-            with self.autocast():
-                raws.append(net(x.permute(0, 3, 1, 2), folded, extra).float())
-        raw = (
-            torch.cat(raws) if raws else matches.new_zeros((0, 5), dtype=torch.float32)
-        )
-        new, scores = parse_output(raw, matches, size0 + size1, psize)
-        return {"matches": new, "scores": scores, "raw": raw}
-
-    @staticmethod
-    def _split_first_conv(
-        net: FeatRegressNet, dims: List[int], strides: List[int], psize: int
-    ) -> Tuple[list, list, int]:
-        """Eval-mode first conv split into the per-pixel levels (a direct conv)
-        and the levels of stride ``>= P/4`` (``CellShare``, per image side).
-        Returns the folded convs (first one on the per-pixel channels), the
-        shares ``[[(level, CellShare)], [...]]`` and the number of per-pixel
-        levels."""
-        folded = net.folded_convs()
-        written = sum(s < psize // 4 for s in strides)
-        if written == len(dims):
-            return folded, [[], []], written
-        conv, weight, bias, _ = folded[0]
-        d, dp = sum(dims), sum(dims[:written])
-        keep = list(range(dp)) + list(range(d, d + dp))
-        plain = weight[:, keep].contiguous(memory_format=torch.channels_last)
-        shares = []
-        for side in range(2):
-            start = side * d + dp
-            side_shares = []
-            for level in range(written, len(dims)):
-                w = weight[:, start : start + dims[level]]
-                side_shares.append((level, CellShare(w, conv, psize, strides[level])))
-                start += dims[level]
-            shares.append(side_shares)
-        return [FoldedConv(conv, plain, bias)] + folded[1:], shares, written
+        maps = [feats[i].contiguous(memory_format=cl)[0] for i in self.feat_idx]
+        return patch_tables(maps, strides)
 
     def refine_features(
         self, feats0: Features, feats1: Features, proposals: torch.Tensor
-    ) -> Dict[str, torch.Tensor]:
-        """Mid then fine regression of ``(N, 4)`` proposals (input pixels)."""
+    ) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Mid then fine regression of ``(N, 4)`` proposals (input pixels).
+
+        Returns ``mid`` and ``fine``, each ``matches`` ``(N, 4)``, ``scores``
+        ``(N,)`` and ``logits`` ``(N, 5)`` (``FeatRegressNet.refine``)."""
         if self.coarse_only:
             raise RuntimeError(
                 "this is a coarse-only (NCNet) model: it has no regressors"
             )
         tables = self.patch_tables(feats0), self.patch_tables(feats1)
-        mid = self.regress("mid", feats0, feats1, proposals, tables)
-        fine = self.regress("fine", feats0, feats1, mid["matches"], tables)
-        return {
-            "mid_matches": mid["matches"],
-            "mid_scores": mid["scores"],
-            "mid_raw": mid["raw"],
-            "matches": fine["matches"],
-            "scores": fine["scores"],
-            "fine_raw": fine["raw"],
-        }
+        sizes = [(f[0].shape[-1], f[0].shape[-2]) for f in (feats0, feats1)]
+        mid = self.regress_mid.refine(*tables, proposals.float(), *sizes)
+        fine = self.regress_fine.refine(*tables, mid["matches"], *sizes)
+        return {"mid": mid, "fine": fine}
 
     # ------------------------------------------------------------ public API
-    @torch.no_grad()
-    def forward_pair(
-        self,
-        image0: torch.Tensor,
-        image1: torch.Tensor,
-        proposals: Optional[torch.Tensor] = None,
-        coarse_only: bool = False,
-        ncn_threshold: float = 0.0,
+    def forward(
+        self, data: Dict[str, torch.Tensor], stages: bool = False
     ) -> Dict[str, torch.Tensor]:
-        """All stages for one pair of ``(1, 3, H, W)`` normalised images.
+        """Match one pair of images.
 
-        With ``proposals`` ``(N, 4)`` (input pixels) NCNet is skipped and the
-        images may have any size. Returns a dict of ``(N, ...)`` tensors in
-        input pixels: ``coarse_matches``, ``coarse_scores`` and, unless coarse
-        only, ``mid_*`` and the final ``matches``, ``scores``.
+        Args:
+            data: ``image0``, ``image1``: ``(1, 3, H, W)`` RGB in [0, 1], sides
+                multiples of 16 (any size with ``proposals``); or
+                ``features0``, ``features1`` from ``extract_features`` (to
+                reuse an image's features across its pairs). Optional
+                ``proposals`` ``(N, 4)`` ``[x0, y0, x1, y1]`` in input pixels
+                to refine instead of the NCNet proposals.
+            stages: also return the stages: ``coarse_matches`` ``(N, 4)`` (the
+                proposals), ``coarse_scores``, ``raw_coarse_matches``,
+                ``raw_coarse_scores`` (NCNet), ``mid_matches``, ``mid_scores``,
+                ``mid_logits``, ``fine_matches``, ``fine_logits`` (refinement).
+        Returns:
+            ``keypoints0``, ``keypoints1`` ``(N, 2)`` float32 in input pixels,
+            ``scores`` ``(N,)``: every proposal refined (or, coarse only, the
+            proposals), unfiltered.
         """
-        feats0 = self.extract_features(image0)
-        feats1 = self.extract_features(image1)
-        return self.forward_features(
-            feats0, feats1, proposals, coarse_only, ncn_threshold
-        )
-
-    def forward_features(
-        self,
-        feats0: Features,
-        feats1: Features,
-        proposals: Optional[torch.Tensor] = None,
-        coarse_only: bool = False,
-        ncn_threshold: float = 0.0,
-    ) -> Dict[str, torch.Tensor]:
-        """``forward_pair`` on features from ``extract_features`` (reusable
-        across the pairs of an image)."""
+        feats = []
+        for i in (0, 1):
+            f = data.get(f"features{i}")
+            feats.append(self.extract_features(data[f"image{i}"]) if f is None else f)
         out: Dict[str, torch.Tensor] = {}
+        proposals = data.get("proposals")
         if proposals is None:
-            c = self.coarse(feats0, feats1, ncn_threshold)
+            c = self.coarse(*feats)
+            proposals, scores = c["matches"], c["scores"]
             out.update(
-                coarse_matches=c["matches"],
                 coarse_scores=c["scores"],
                 raw_coarse_matches=c["raw_matches"],
                 raw_coarse_scores=c["raw_scores"],
             )
-            proposals = c["matches"]
         else:
-            out["coarse_matches"] = proposals
-        if coarse_only or self.coarse_only:
-            out["matches"] = out["coarse_matches"].float()
-            out["scores"] = out.get(
-                "coarse_scores", torch.ones(len(proposals), device=proposals.device)
+            scores = torch.ones(len(proposals), device=proposals.device)
+        out["coarse_matches"] = proposals
+        matches = proposals.float().reshape(-1, 4)
+        if not self.coarse_only:
+            r = self.refine_features(*feats, proposals)
+            matches, scores = r["fine"]["matches"], r["fine"]["scores"]
+            out.update(
+                mid_matches=r["mid"]["matches"],
+                mid_scores=r["mid"]["scores"],
+                mid_logits=r["mid"]["logits"],
+                fine_matches=matches,
+                fine_logits=r["fine"]["logits"],
             )
-            return out
-        out.update(self.refine_features(feats0, feats1, proposals.float()))
-        return out
+        pred = {"keypoints0": matches[:, :2], "keypoints1": matches[:, 2:]}
+        pred["scores"] = scores
+        return {**pred, **out} if stages else pred
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def match(
         self,
-        image0: torch.Tensor,
-        image1: torch.Tensor,
-        scale0: Optional[Sequence[float]] = None,
-        scale1: Optional[Sequence[float]] = None,
+        image0: Union[str, Path, object],
+        image1: Union[str, Path, object],
+        imsize: Optional[int] = 1024,
         threshold: float = 0.25,
-        coarse_only: bool = False,
         keep_all_if_none: bool = False,
-        proposals: Optional[torch.Tensor] = None,
-        return_stages: bool = False,
+        proposals: Optional[Union[np.ndarray, torch.Tensor]] = None,
+        stages: bool = False,
     ) -> Dict[str, torch.Tensor]:
-        """Match two ``(1, 3, H, W)`` normalised images.
+        """Match two original images; results in their pixels.
 
         Args:
-            scale0, scale1: per-axis ``(sx, sy)`` original/resized factors; the
-                outputs are multiplied by them (official, no half-pixel shift).
+            image0, image1: image files, PIL images, ``(H, W[, 3])`` uint8
+                arrays or ``(3, H, W)`` tensors in [0, 1]; resized as the
+                official code does (``preprocess.load_image``): larger side
+                to ``imsize`` (``None`` or ``<= 0``: native; never upsampled).
             threshold: keep matches with ``score > threshold`` (strict).
             keep_all_if_none: the official rule: if no match passes, return all.
-            proposals: ``(N, 4)`` matches in input pixels to refine instead of
-                the NCNet proposals (the images may then have any size).
-            return_stages: also return ``coarse``/``mid`` matches and scores.
+            proposals: ``(N, 4)`` matches in original pixels to refine instead
+                of the NCNet proposals (the images then keep their aspect,
+                any side length: the official refine path).
+            stages: also return the stages (see ``forward``), filtered like
+                the final matches and in original pixels.
         Returns:
-            ``keypoints0`` ``(M, 2)``, ``keypoints1`` ``(M, 2)``, ``scores`` ``(M,)``
-            (and the stages when asked, filtered like the final matches).
+            ``keypoints0`` ``(M, 2)``, ``keypoints1`` ``(M, 2)`` float64,
+            ``scores`` ``(M,)``.
         """
-        pred = self.forward_pair(image0, image1, proposals, coarse_only)
-        return select_matches(
-            pred, scale0, scale1, threshold, keep_all_if_none, return_stages
-        )
+        multiple = 16 if proposals is None else 1
+        x0, s0, _ = load_image(image0, imsize, multiple)
+        x1, s1, _ = load_image(image1, imsize, multiple)
+        dev = self.device
+        data = {"image0": x0[None].to(dev), "image1": x1[None].to(dev)}
+        if proposals is not None:
+            p = torch.as_tensor(proposals, dtype=torch.float64).reshape(-1, 4)
+            data["proposals"] = (p / scale_vector(s0, s1, p)).float().to(dev)
+        pred = self(data, stages=stages)
+        return select_matches(pred, s0, s1, threshold, keep_all_if_none, stages)
 
-    @torch.no_grad()
     def refine(
-        self,
-        image0: torch.Tensor,
-        image1: torch.Tensor,
-        proposals: torch.Tensor,
-        **kwargs,
+        self, image0, image1, proposals: Union[np.ndarray, torch.Tensor], **kwargs
     ) -> Dict[str, torch.Tensor]:
-        """``match`` with given ``(N, 4)`` proposals in input pixels."""
+        """``match`` of two original images with given ``(N, 4)`` proposals in
+        their pixels."""
         return self.match(image0, image1, proposals=proposals, **kwargs)
 
 
-def _scale_vector(scale0, scale1, ref: torch.Tensor) -> torch.Tensor:
+def scale_vector(scale0, scale1, ref: torch.Tensor) -> torch.Tensor:
+    """``[sx0, sy0, sx1, sy1]`` float64 (None: 1) on ``ref``'s device."""
     s0 = (1.0, 1.0) if scale0 is None else tuple(scale0)
     s1 = (1.0, 1.0) if scale1 is None else tuple(scale1)
     return torch.tensor(s0 + s1, dtype=torch.float64, device=ref.device)
@@ -397,24 +308,25 @@ def select_matches(
     scale1=None,
     threshold: float = 0.25,
     keep_all_if_none: bool = False,
-    return_stages: bool = False,
+    stages: bool = False,
 ) -> Dict[str, torch.Tensor]:
-    """Threshold the final scores (strict ``>``) and scale to original pixels.
-
-    Matches become float64 ``matches * [sx0, sy0, sx1, sy1]`` as in the
-    official ``estimate_matches``."""
+    """Threshold ``forward``'s scores (strict ``>``) and scale to original
+    pixels: coordinates become float64 ``x * [sx, sy]`` as in the official
+    ``estimate_matches`` (``scale0``, ``scale1``: original / resized)."""
     scores = pred["scores"]
     keep = scores > threshold
     if keep_all_if_none and not keep.any():
         keep = torch.ones_like(keep)
-    s = _scale_vector(scale0, scale1, scores)
-    m = pred["matches"][keep].double() * s
-    out = {"keypoints0": m[:, :2], "keypoints1": m[:, 2:], "scores": scores[keep]}
-    if return_stages:
-        out["coarse_matches"] = pred["coarse_matches"][keep].double() * s
-        if "coarse_scores" in pred:
-            out["coarse_scores"] = pred["coarse_scores"][keep]
-        if "mid_matches" in pred:
-            out["mid_matches"] = pred["mid_matches"][keep].double() * s
-            out["mid_scores"] = pred["mid_scores"][keep]
+    s = scale_vector(scale0, scale1, scores)
+    out = {
+        "keypoints0": pred["keypoints0"][keep].double() * s[:2],
+        "keypoints1": pred["keypoints1"][keep].double() * s[2:],
+        "scores": scores[keep],
+    }
+    if stages:
+        for k, v in pred.items():
+            if k in out or k.startswith("raw_"):
+                continue
+            v = v[keep]
+            out[k] = v.double() * s if k.endswith("_matches") else v
     return out

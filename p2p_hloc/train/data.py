@@ -98,7 +98,7 @@ class PlanarPairs(Dataset):
     """``num_pairs`` generated pairs; pair ``i`` uses seed ``seed + i`` and
     texture ``textures[i % len(textures)]``.
 
-    Items: ``image0``, ``image1`` ``(3, H, W)`` ImageNet-normalised, ``F``
+    Items: ``image0``, ``image1`` ``(3, H, W)`` RGB in [0, 1], ``F``
     ``(3, 3)`` float32, ``K0``, ``K1`` ``(3, 3)``, ``T_0to1`` ``(4, 4)``, ``index``.
     """
 

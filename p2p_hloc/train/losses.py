@@ -58,8 +58,7 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def pair_losses(
     fmat: torch.Tensor,
     anchors: torch.Tensor,
-    mid: Dict[str, torch.Tensor],
-    fine: Dict[str, torch.Tensor],
+    pred: Dict[str, torch.Tensor],
     cls_thresholds: Sequence[float] = (50.0, 5.0),
     geo_thresholds: Sequence[float] = (50.0, 5.0),
 ) -> Optional[Dict[str, torch.Tensor]]:
@@ -68,8 +67,10 @@ def pair_losses(
     Args:
         fmat: ``(3, 3)`` fundamental matrix of the network-input images.
         anchors: ``(N, 4)`` proposals fed to the mid regressor.
-        mid, fine: outputs of ``Patch2Pix.regress`` (``matches`` ``(N, 4)``,
-            ``raw`` ``(N, 5)``: the confidence logit is ``raw[:, 4]``).
+        pred: the model's stages on them (``Patch2Pix.forward(...,
+            stages=True)``): ``mid_matches``, ``fine_matches`` ``(N, 4)`` and
+            ``mid_logits``, ``fine_logits`` ``(N, 5)`` (the confidence logit
+            is the last column).
     Returns:
         ``cls_mid``, ``cls_fine``, ``geo_mid``, ``geo_fine`` (scalars) and the
         counts ``pos_mid``, ``pos_fine``, ``sel_mid``, ``sel_fine``; None when the
@@ -77,8 +78,8 @@ def pair_losses(
         official code, which skips such pairs).
     """
     d_coarse = sampson_distance(anchors.float(), fmat)
-    d_mid = sampson_distance(mid["matches"], fmat)
-    d_fine = sampson_distance(fine["matches"], fmat)
+    d_mid = sampson_distance(pred["mid_matches"], fmat)
+    d_fine = sampson_distance(pred["fine_matches"], fmat)
     with torch.no_grad():
         pos_mid = (d_coarse < cls_thresholds[0]).float()
         pos_fine = (d_mid < cls_thresholds[1]).float()
@@ -90,8 +91,8 @@ def pair_losses(
         return None
     zero = d_mid.new_zeros(())
     return {
-        "cls_mid": weighted_bce(mid["raw"][:, 4], pos_mid),
-        "cls_fine": weighted_bce(fine["raw"][:, 4], pos_fine),
+        "cls_mid": weighted_bce(pred["mid_logits"][:, 4], pos_mid),
+        "cls_fine": weighted_bce(pred["fine_logits"][:, 4], pos_fine),
         "geo_mid": d_mid[sel_mid].mean() if sel_mid.any() else zero,
         "geo_fine": d_fine[sel_fine].mean() if sel_fine.any() else zero,
         "pos_mid": pos_mid.sum(),

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..preprocess import read_image, to_tensor
+from ..preprocess import image_size, read_image, to_tensor
 from .data import fundamental_matrix
 
 logger = logging.getLogger("p2p_hloc")
@@ -95,8 +95,7 @@ def scene_candidates(
         if p is None or info["intrinsics"][i] is None:
             continue
         if p not in sizes:
-            with Image.open(root / p) as im:
-                sizes[p] = im.size
+            sizes[p] = image_size(root / p)
         w, h = sizes[p]
         if conf["min_aspect"] <= w / h <= conf["max_aspect"]:
             valid.append(i)
@@ -181,8 +180,8 @@ def write_pairs(pairs: List[Dict], path: Path) -> Path:
 
 class MegaDepthPairs(Dataset):
     """Pairs from ``write_pairs`` (the file, or ``stack_pairs``' fields); items:
-    ``image0``, ``image1`` ``(3, 320, 480)`` ImageNet-normalised, ``F`` ``(3, 3)`` of the resized images, ``K0``,
-    ``K1``, ``T_0to1``, ``index``."""
+    ``image0``, ``image1`` ``(3, 320, 480)`` RGB in [0, 1], ``F`` ``(3, 3)`` of
+    the resized images, ``K0``, ``K1``, ``T_0to1``, ``index``."""
 
     def __init__(
         self,

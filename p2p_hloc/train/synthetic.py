@@ -83,7 +83,7 @@ class SyntheticPairs(MegaDepthPairs):
     """Overlapping pairs of a scene generated in ``root`` (kept if it exists).
 
     Items as ``MegaDepthPairs``: ``image0``, ``image1`` ``(3, H, W)``
-    ImageNet-normalised with ``(W, H) = size``, ``F`` ``(3, 3)``, ``K0``, ``K1``
+    RGB in [0, 1] with ``(W, H) = size``, ``F`` ``(3, 3)``, ``K0``, ``K1``
     ``(3, 3)`` of the network input, ``T_0to1`` ``(4, 4)``, ``index``."""
 
     def __init__(self, root: Path, conf: Dict = None, size: Tuple[int, int] = SIZE):

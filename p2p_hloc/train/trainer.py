@@ -6,8 +6,8 @@ regressors; losses from the Sampson distance (``losses.pair_losses``). The
 backbone and the NC layer are frozen and stay in eval mode (their BatchNorm
 statistics are those of the initial weights, so features can be cached); the
 regressors run in train mode (BatchNorm on batch statistics of each chunk of
-``Patch2Pix.train_batch`` proposals, running statistics updated) as in the
-official ``net.train()``.
+``FeatRegressNet.train_chunk`` proposals, running statistics updated) as in
+the official ``net.train()``.
 """
 
 import csv
@@ -128,13 +128,13 @@ class FrozenStage:
         return out
 
 
-def forward_pair(
+def refine(
     model: Patch2Pix, feats0, feats1, proposals: torch.Tensor
-) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Mid then fine regression of ``(N, 4)`` proposals, with gradients."""
-    mid = model.regress("mid", feats0, feats1, proposals.float())
-    fine = model.regress("fine", feats0, feats1, mid["matches"])
-    return {"mid": mid, "fine": fine}
+) -> Dict[str, torch.Tensor]:
+    """The model's stages on ``(N, 4)`` proposals (``mid_*``, ``fine_*``),
+    with gradients for the regressors unless disabled."""
+    data = {"features0": feats0, "features1": feats1, "proposals": proposals}
+    return model(data, stages=True)
 
 
 def train_step(
@@ -153,12 +153,10 @@ def train_step(
         anchors = sample_proposals(coarse, conf["ptmax"], generator)
         if conf["expansion"]:
             anchors = expand_patches(anchors, conf["pshift"])
-        out = forward_pair(model, feats0, feats1, anchors)
         losses = pair_losses(
             item["F"].to(model.device),
             anchors,
-            out["mid"],
-            out["fine"],
+            refine(model, feats0, feats1, anchors),
             conf["cls_thresholds"],
             conf["geo_thresholds"],
         )
@@ -177,17 +175,24 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: Patch2Pix, dataset: Dataset, conf: Dict, inliers_only: bool = False
+    model: Patch2Pix,
+    dataset: Dataset,
+    conf: Dict,
+    inliers_only: bool = False,
+    frozen: Optional[FrozenStage] = None,
 ) -> Dict[str, float]:
     """Sampson errors (squared px) of the refined NCNet proposals in inference
     mode (no expansion, regressors in eval mode) over a dataset.
 
     ``*_inlier`` averages over the proposals whose coarse error is below the
     mid geometric threshold (those the regressors learn to refine); with
-    ``inliers_only`` only those are refined (faster)."""
+    ``inliers_only`` only those are refined (faster). ``frozen``: the frozen
+    stage of ``dataset`` to use (and fill, if it caches), e.g. across epochs
+    (by default one without cache)."""
     was_training = any(p.requires_grad for p in model.regress_mid.parameters())
     model.eval()
-    frozen = FrozenStage(model, {**conf, "cache_features": False})
+    if frozen is None:
+        frozen = FrozenStage(model, {**conf, "cache_features": False})
     errors = {"coarse": [], "mid": [], "fine": []}
     for i in range(len(dataset)):
         item = dataset[i]
@@ -199,10 +204,10 @@ def evaluate(
             ]
         if len(coarse) == 0:
             continue
-        out = forward_pair(model, feats0, feats1, coarse)
+        pred = refine(model, feats0, feats1, coarse)
         errors["coarse"].append(sampson_distance(coarse.float(), fmat))
-        errors["mid"].append(sampson_distance(out["mid"]["matches"], fmat))
-        errors["fine"].append(sampson_distance(out["fine"]["matches"], fmat))
+        errors["mid"].append(sampson_distance(pred["mid_matches"], fmat))
+        errors["fine"].append(sampson_distance(pred["fine_matches"], fmat))
     if was_training:
         set_train_mode(model, conf["freeze_bn"])
     if not errors["coarse"]:
@@ -290,6 +295,7 @@ def main(
         optim.load_state_dict(ckpt["optim"])
         sched.load_state_dict(ckpt["lr_scheduler"])
     frozen = FrozenStage(model, conf)
+    val_frozen = FrozenStage(model, conf)  # caches when the conf says so
     log = Logger(output_dir)
     best_vals = [float("inf"), 0.0, float("inf"), 0.0]  # official entries
     steps_per_epoch = -(-len(dataset) // conf["batch_size"])
@@ -323,7 +329,7 @@ def main(
                 log.log(row)
         sched.step()
         if val_dataset is not None:
-            res = evaluate(model, val_dataset, conf)
+            res = evaluate(model, val_dataset, conf, frozen=val_frozen)
             logger.info("Epoch %d validation: %s", epoch + 1, res)
             write_val(output_dir / "val.csv", {"epoch": epoch, **res})
             log.log({"step": (epoch + 1) * steps_per_epoch, **res}, "val")
