@@ -26,17 +26,15 @@ import functools
 import inspect
 import pprint
 import sys
-from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import logger
 from .confs import confs
 from .console import InputError, run_cli
+from .executors import EXECUTORS, run_pairs
 from .io import list_h5_names, names_to_pair, parse_pairs
 from .io.lock import file_lock
 from .io.raw import RawMatches
@@ -48,8 +46,6 @@ from .match_checks import (
     raw_provenance,
     read_image_sizes,
 )
-from .matchers import BaseMatcher, build_matcher
-from .preprocess import ImageError
 from .quantize import read_pending, unique_pairs, write_phase
 from .runtime import tune_malloc
 
@@ -113,105 +109,6 @@ def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
     }
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, matcher: BaseMatcher, image_dir: Path, names: Sequence[str]):
-        self.matcher, self.image_dir, self.names = matcher, image_dir, names
-
-    def __len__(self):
-        return len(self.names)
-
-    def __getitem__(self, i):
-        return self.matcher.load(self.image_dir / self.names[i])
-
-
-def _identity(x):
-    return x
-
-
-def load_order(pairs: Sequence[Pair], cache_size: int) -> List[str]:
-    """The images to load, in order, when pairs run with an LRU cache."""
-    cache: OrderedDict = OrderedDict()
-    loads = []
-    for pair in pairs:
-        for name in pair:
-            if name in cache:
-                cache.move_to_end(name)
-                continue
-            loads.append(name)
-            cache[name] = None
-            if len(cache) > cache_size:
-                cache.popitem(last=False)
-    return loads
-
-
-def cache_order(pairs: Sequence[Pair], cache_size: int) -> List[Pair]:
-    """``pairs`` reordered so that an LRU cache of ``cache_size`` images misses
-    rarely. Greedy: next is a pair of two cached images, else a pair of the
-    most recently used image that has pairs left, else the first pair left in
-    sorted order. Deterministic; the outputs do not depend on the order."""
-    todo = dict.fromkeys(sorted(pairs))
-    of_image: Dict[str, Dict[Pair, None]] = defaultdict(dict)
-    for pair in todo:
-        for name in pair:
-            of_image[name][pair] = None
-    cache: OrderedDict = OrderedDict()
-    order = []
-    while todo:
-        recent = list(reversed(cache))
-        pick = next(
-            ((a, b) for a in recent for b in recent if (a, b) in todo),
-            None,
-        )
-        if pick is None:
-            pick = next(
-                (next(iter(of_image[a])) for a in recent if of_image[a]),
-                next(iter(todo)),
-            )
-        order.append(pick)
-        del todo[pick]
-        for name in pick:
-            of_image[name].pop(pick, None)
-            cache[name] = None
-            cache.move_to_end(name)
-        while len(cache) > cache_size:
-            cache.popitem(last=False)
-    return order
-
-
-def match_raw(
-    matcher: BaseMatcher,
-    pairs: Sequence[Pair],
-    image_dir: Path,
-    raw: RawMatches,
-    num_workers: int,
-    cache_size: int = 4,
-) -> None:
-    """Match ``pairs`` into ``raw``, in ``cache_order``."""
-    assert cache_size >= 2
-    pairs = cache_order(pairs, cache_size)
-    names = load_order(pairs, cache_size)
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(matcher, image_dir, names),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=_identity,
-    )
-    images = iter(loader)
-    cache: OrderedDict = OrderedDict()
-    for n0, n1 in tqdm(pairs, smoothing=0.1):
-        for name in (n0, n1):
-            if name in cache:
-                cache.move_to_end(name)
-                continue
-            try:
-                cache[name] = matcher.extract(next(images))
-            except ImageError as e:
-                raise ImageError(f"while matching the pair ({n0}, {n1}): {e}") from e
-            if len(cache) > cache_size:
-                cache.popitem(last=False)
-        pred = matcher.match(cache[n0], cache[n1])
-        sizes = {"size0": cache[n0]["size"], "size1": cache[n1]["size"]}
-        raw.write(n0, n1, {**pred, **{k: np.asarray(v) for k, v in sizes.items()}})
 
 
 @holding_run_lock
@@ -232,6 +129,9 @@ def main(
     max_kps: Optional[int] = None,
     device: Optional[str] = None,
     discard_raw: bool = False,
+    executor: str = "local",
+    workers: Optional[int] = None,
+    ray_address: Optional[str] = None,
 ) -> Tuple[Path, Path]:
     """Match the pairs of ``pairs`` and write hloc's features and matches.
 
@@ -261,6 +161,11 @@ def main(
         device: where the model runs (default: CUDA if available, else CPU).
         discard_raw: recompute the raw matches of a stopped run that used
             other settings (conf, checkpoint, proposals) instead of refusing.
+        executor, workers, ray_address: where pairs are matched
+            (``p2p_hloc.executors.run_pairs``): ``local`` (this process,
+            ``num_workers`` image readers) or ``ray`` (``workers`` Ray actors
+            on the cluster at ``ray_address``, default ``$RAY_ADDRESS``, else
+            a local Ray instance). Either can resume the other's run.
     Returns:
         The paths of the features and matches files.
     """
@@ -308,10 +213,20 @@ def main(
             model_conf.update(
                 features=proposals[0], matches=proposals[1], image_dir=image_dir
             )
-        matcher = build_matcher({**conf, "model": model_conf}, weights, device=device)
         raw.set_meta(provenance)
         logger.info("Matching %d pairs (%d resumed).", len(todo), len(new) - len(todo))
-        match_raw(matcher, todo, image_dir, raw, num_workers)
+        run_pairs(
+            {**conf, "model": model_conf},
+            weights,
+            todo,
+            image_dir,
+            lambda pair, pred: raw.write(*pair, pred),
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            num_workers=num_workers,
+            device=device,
+        )
 
     q = conf["quantization"]
     write_phase(
@@ -371,6 +286,21 @@ def parser() -> argparse.ArgumentParser:
         help="hloc files read by the hloc_file source (patch2pix_refine)",
     )
     p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where pairs are matched: this process or Ray workers (docs/scale.md)",
+    )
+    p.add_argument(
+        "--ray_address",
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local instance)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="Ray workers (default: one per GPU of the cluster, else one)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="match this run's pairs again"
     )

@@ -745,19 +745,3 @@ def test_kill_between_final_renames(tmp_path, monkeypatch):
         assert ca.keys() == cb.keys()
         for k in ca:
             np.testing.assert_array_equal(ca[k], cb[k])
-
-
-def test_cache_order_loads_each_image_once_for_shared_db():
-    """2 queries x 20 db images: in file order every db image is loaded once
-    per query; in cache order every image is loaded once."""
-    from p2p_hloc.match_pairs import cache_order, load_order
-
-    pairs = [(f"q{i}", f"db{j:02d}") for i in range(2) for j in range(20)]
-    assert len(load_order(sorted(pairs), 4)) == 42
-    order = cache_order(pairs, 4)
-    assert sorted(order) == sorted(pairs)  # a permutation, orientation kept
-    assert len(load_order(order, 4)) == 22
-    assert order == cache_order(list(reversed(pairs)), 4)  # deterministic
-    # a chain with no reuse at all keeps working
-    chain = [(f"i{k}", f"i{k + 1}") for k in range(10)] + [("i3", "i3")]
-    assert sorted(cache_order(chain, 2)) == sorted(chain)
