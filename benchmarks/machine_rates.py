@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from side_by_side import cpu_facts  # noqa: E402
 
+from p2p_hloc import tune_malloc  # noqa: E402
 from p2p_hloc.model.backbone import ResNet34Features  # noqa: E402
 from p2p_hloc.model.ncnet import NeighConsensus  # noqa: E402
 from p2p_hloc.model.ops import matmul_nt  # noqa: E402
@@ -233,6 +234,7 @@ def main() -> None:
     )
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args()
+    tune_malloc()  # as the command-line tools run
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

@@ -431,8 +431,7 @@ STAGE_ROWS = [  # (row, our labels, official labels)
         ["patch gathering", "patch L2 norm + parse"],
     ),
     ("regressor first conv, CellShare part", ["regressor first conv: CellShare"], []),
-    ("regressor nets, mid", ["regressor net mid"], ["regressor net mid"]),
-    ("regressor nets, fine", ["regressor net fine"], ["regressor net fine"]),
+    ("regressor nets (convs + fc), 2 levels", ["regressor nets"], ["regressor nets"]),
     ("regressors, other", ["regress other"], ["regress other"]),
     ("other", ["other"], ["other"]),
 ]
@@ -617,7 +616,8 @@ def main() -> None:
     size = (args.size, args.size * 3 // 4)
     data = {"size": size, "a": make_pair_a(work, size)}
     sys.path.insert(0, str(ROOT))
-    for name in ("b", "c"):
+    views = set(args.workloads) | ({"b"} if args.stages else set())
+    for name in sorted(views - {"a"}):  # only what runs: rendering takes a while
         data[name] = make_views(work, size, *WORKLOADS[name][:2])
     data["images"] = work / f"images{size[0]}"
     threads = facts["torch_threads"]

@@ -153,30 +153,54 @@ def timed_import(name: str) -> float:
 
 
 def wrap_ours_model(timer: StageTimer, model) -> None:
-    """Wrap the stages of one ``Patch2Pix`` (and the functions its module
-    calls)."""
-    from p2p_hloc.model import patch2pix as module
-    from p2p_hloc.model.regressor import CellShare
+    """Wrap the stages of one ``Patch2Pix`` and the functions its modules
+    call (names of the model's current and previous module layouts)."""
+    from importlib import import_module
 
-    timer.wrap(model, "extract_features", "backbone")
-    for name in ("l2_normalize", "correlation_maxpool"):
-        timer.wrap(module, name, "correlation + 4D max-pool")
-    timer.wrap(module, "mutual_matching", "mutual matching")
-    timer.wrap(model.ncn, "forward", "NC")
-    timer.wrap(module, "coarse_matches", "coarse extraction")
-    timer.wrap(module, "mutual_filter", "mutual filter")
-    timer.wrap(model, "coarse", "coarse other")
-    timer.wrap(model, "patch_tables", "patch gathering")
-    timer.wrap(module, "gather_patches", "patch gathering")
-    timer.wrap(CellShare, "__call__", "regressor first conv: CellShare")
-    if not model.coarse_only:
-        timer.wrap(model.regress_mid, "forward", "regressor net mid")
-        if model.regress_fine is not model.regress_mid:
-            timer.wrap(model.regress_fine, "forward", "regressor net fine")
-    timer.wrap(module, "parse_output", "regress other")
-    timer.wrap(model, "regress", "regress other")
-    timer.wrap(model, "refine_features", "regress other")
-    timer.wrap(model, "forward_features", "other")
+    mods = []
+    for name in ("patch2pix", "regressor", "patches", "fast_regressor"):
+        try:
+            mods.append(import_module(f"p2p_hloc.model.{name}"))
+        except ImportError:
+            pass
+    classes = {getattr(m, "CellShare", None) for m in mods} - {None}
+    fast = {getattr(m, "FastRegressor", None) for m in mods} - {None}
+    nets = [model.regress_mid, model.regress_fine] if not model.coarse_only else []
+    for owners, attr, label in [
+        ([model], "extract_features", "backbone"),
+        (mods, "l2_normalize", "correlation + 4D max-pool"),
+        (mods, "correlation_maxpool", "correlation + 4D max-pool"),
+        (mods, "mutual_matching", "mutual matching"),
+        ([model.ncn], "forward", "NC"),
+        (mods, "coarse_matches", "coarse extraction"),
+        (mods, "mutual_filter", "mutual filter"),
+        ([model], "coarse", "coarse other"),
+        ([model], "patch_tables", "patch gathering"),
+        (mods, "gather_patches", "patch gathering"),
+        (classes, "__call__", "regressor first conv: CellShare"),
+        (fast, "__call__", "regressor nets"),
+        ([n.conv for n in nets] + [n.fc for n in nets], "forward", "regressor nets"),
+        (nets, "forward", "regressor nets"),
+        (mods, "parse_output", "regress other"),
+        (nets, "refine", "regress other"),
+        ([model], "regress", "regress other"),
+        ([model], "refine_features", "regress other"),
+        ([model], "forward_features", "other"),
+    ]:
+        found = [o for o in owners if hasattr(o, attr)]
+        for owner in found:
+            timer.wrap(owner, attr, label)
+        if not found:
+            timer.missing.append(f"{attr} ({label})")
+
+
+def pair_forward(model) -> Callable:
+    """``f(x0, x1)``: the model on two ``(1, 3, H, W)`` inputs of
+    ``preprocess.load_image``, with its stages, in either API
+    (``forward_pair(image0, image1)`` or ``forward({"image0", "image1"})``)."""
+    if hasattr(model, "forward_pair"):
+        return model.forward_pair
+    return lambda x0, x1: model({"image0": x0, "image1": x1}, stages=True)
 
 
 def run_ours(args) -> dict:
@@ -199,11 +223,13 @@ def run_ours(args) -> dict:
     fixed["decode + resize"] = clock() - t
     timer = StageTimer()
     wrap_ours_model(timer, model)
-    timer.wrap(model, "forward_pair", "other")
+    forward = pair_forward(model)
+    top = "forward_pair" if hasattr(model, "forward_pair") else "forward"
+    timer.wrap(model, top, "other")
     x0, x1 = x0[None], x1[None]
     with torch.no_grad():
-        first = timer.measure(lambda: model.forward_pair(x0, x1))
-        pred = model.forward_pair(x0, x1)
+        first = timer.measure(lambda: forward(x0, x1))
+        pred = forward(x0, x1)
         t = clock()
         out = select_matches(pred, s0, s1, 0.25)
         with tempfile.TemporaryDirectory() as tmp:
@@ -212,11 +238,8 @@ def run_ours(args) -> dict:
                 **{k: v.cpu().numpy() for k, v in out.items()},
             )
         fixed["select + write npz"] = clock() - t
-        warm = [
-            timer.measure(lambda: model.forward_pair(x0, x1))
-            for _ in range(args.repeats)
-        ]
-        ops = count_ops(lambda: model.forward_pair(x0, x1))
+        warm = [timer.measure(lambda: forward(x0, x1)) for _ in range(args.repeats)]
+        ops = count_ops(lambda: forward(x0, x1))
     return {
         "impl": "ours",
         "ops": ops,
@@ -261,8 +284,8 @@ def run_official(args) -> dict:
     timer.wrap(module, "select_local_patch_feats", "patch gathering")
     timer.wrap(net, "forward_fine_match_mini_batch", "patch L2 norm + parse")
     timer.wrap(net, "forward_fine_match", "regress other")
-    timer.wrap(net.regress_mid, "forward", "regressor net mid")
-    timer.wrap(net.regress_fine, "forward", "regressor net fine")
+    timer.wrap(net.regress_mid, "forward", "regressor nets")
+    timer.wrap(net.regress_fine, "forward", "regressor nets")
     timer.wrap(model_helper, "estimate_matches", "other")
 
     def call():
