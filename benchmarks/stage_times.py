@@ -54,6 +54,7 @@ class StageTimer:
         self.seconds: Dict[str, float] = defaultdict(float)
         self.calls: Dict[str, int] = defaultdict(int)
         self._inner: List[float] = []
+        self.labels: List[str] = []  # the wrapped calls under way
         self._undo: List[Callable[[], None]] = []
         self.missing: List[str] = []
 
@@ -76,12 +77,14 @@ class StageTimer:
         @functools.wraps(orig)
         def timed(*args, **kwargs):
             self._inner.append(0.0)
+            self.labels.append(label)
             t = clock()
             try:
                 out = orig(*args, **kwargs)
             finally:
                 dt = clock() - t
                 self.seconds[label] += dt - self._inner.pop()
+                self.labels.pop()
                 self.calls[label] += 1
                 if self._inner:
                     self._inner[-1] += dt
@@ -119,21 +122,22 @@ def medians(runs: List[dict]) -> dict:
     }
 
 
-def count_ops(fn: Callable[[], object]) -> int:
-    """The number of torch operator calls (dispatcher level) of ``fn()``: each
-    costs a fixed overhead, and a parallel one a thread synchronisation."""
+def count_ops(timer: StageTimer, fn: Callable[[], object]) -> Dict[str, int]:
+    """Torch operator calls (dispatcher level) of ``fn()`` per stage of
+    ``timer``: each costs a fixed overhead, and a parallel one a thread
+    synchronisation (expensive when the machine is oversubscribed)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Count(TorchDispatchMode):
-        n = 0
+    ops: Dict[str, int] = defaultdict(int)
 
+    class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.n += 1
+            ops[timer.labels[-1] if timer.labels else "outside"] += 1
             return func(*args, **(kwargs or {}))
 
     with Count():
         fn()
-    return Count.n
+    return dict(ops, total=sum(ops.values()))
 
 
 def import_torch(threads: Optional[int]) -> float:
@@ -239,7 +243,7 @@ def run_ours(args) -> dict:
             )
         fixed["select + write npz"] = clock() - t
         warm = [timer.measure(lambda: forward(x0, x1)) for _ in range(args.repeats)]
-        ops = count_ops(lambda: forward(x0, x1))
+        ops = count_ops(timer, lambda: forward(x0, x1))
     return {
         "impl": "ours",
         "ops": ops,
@@ -306,7 +310,7 @@ def run_official(args) -> dict:
     warm = [timer.measure(call) for _ in range(args.repeats)]
     return {
         "impl": "official",
-        "ops": count_ops(call),
+        "ops": count_ops(timer, call),
         "fixed": fixed,
         "first": first,
         "warm": medians(warm) if warm else None,
