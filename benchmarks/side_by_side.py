@@ -3,8 +3,9 @@
 Every ratio printed here is measured in this run: each workload runs as fresh
 processes of the official code and of ours, alternated (official first on
 even repeats, ours first on odd ones), and the ratio is of the medians.
-Golden weights, CPU, the threads torch picks (the official runners get
-``--threads`` of the same number). Workloads at 1024x768:
+Golden weights, CPU, the threads torch picks or ``--threads N`` (given to
+every process through ``OMP_NUM_THREADS``, and to the official runners as
+``--threads``). Workloads at 1024x768:
 
 - ``a``: one pair (golden pair A upscaled with LANCZOS), ``p2p-hloc match``
   against ``official_run.py``;
@@ -583,6 +584,7 @@ def main() -> None:
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--size", type=int, default=1024, help="image width (x 3/4)")
+    p.add_argument("--threads", type=int, help="threads of every run (torch's default)")
     p.add_argument(
         "--official-pairs",
         type=int,
@@ -607,6 +609,8 @@ def main() -> None:
         if not (args.official / "networks" / "patch2pix.py").is_file():
             p.error(f"{args.official} holds no official Patch2Pix (networks/)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     if args.official:
         env["P2P_OFFICIAL"] = str(args.official)
     facts = {**cpu_facts(), **torch_facts(env), "load_start": load_avg()}
