@@ -586,6 +586,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="image width (x 3/4)")
     p.add_argument("--threads", type=int, help="threads of every run (torch's default)")
     p.add_argument(
+        "--env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of every run, e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
+    p.add_argument(
         "--official-pairs",
         type=int,
         help="time the official loop on the first N pairs of b/c and scale",
@@ -611,9 +618,13 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    for item in args.env:
+        key, _, value = item.partition("=")
+        env[key] = value
     if args.official:
         env["P2P_OFFICIAL"] = str(args.official)
     facts = {**cpu_facts(), **torch_facts(env), "load_start": load_avg()}
+    facts["env"] = " ".join(args.env)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="p2p-side-by-side-"))
     work.mkdir(parents=True, exist_ok=True)
     size = (args.size, args.size * 3 // 4)
@@ -648,6 +659,7 @@ def main() -> None:
         f"machine: {facts['cpu']} ({facts['isa']}), {facts['cores']} cores, "
         f"torch {facts['torch']} with {facts['torch_threads']} threads; "
         f"load {facts['load_start']:.1f} at the start, {facts['load_end']:.1f} at the end"
+        + (f"; environment {facts['env']}" if facts["env"] else "")
     )
     if not args.official:
         print("no official code given (--official or $P2P_OFFICIAL): no ratios")
