@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
 WEIGHTS = GOLDEN / "patch2pix_random_fp16.pth"
-OFFICIAL_1024 = 16.5  # official seconds per pair at 1024 on the development CPU
 
 
 def make_dataset(folder: Path, queries: int, db: int, size: int) -> Path:
@@ -167,15 +166,14 @@ def main() -> None:
     )
     print(
         f"{'mode':>8} {'prec':>6} {'pairs':>6} {'s/pair':>8} {'total':>8} "
-        f"{'rss_mb':>7} {'load':>5} {'x_offic':>7}"
+        f"{'rss_mb':>7} {'load':>5}"
     )
     for r in rows:
-        ratio = f"{OFFICIAL_1024 / r['per_pair']:.1f}" if args.size == 1024 else "-"
         print(
             f"{r['mode']:>8} {r['precision']:>6} {r['pairs']:>6} {r['per_pair']:>8.2f} "
-            f"{r['seconds']:>8.1f} {r['rss_mb']:>7.0f} {r['load']:>5.1f} {ratio:>7}"
+            f"{r['seconds']:>8.1f} {r['rss_mb']:>7.0f} {r['load']:>5.1f}"
         )
-    print(f"x_offic: speed-up over the official {OFFICIAL_1024} s per pair at 1024")
+    print("ratios to the official code: benchmarks/side_by_side.py")
 
 
 if __name__ == "__main__":
