@@ -12,6 +12,7 @@ Each image's 2D points are its NVM measurements (no padding keypoints).
 import argparse
 import logging
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -19,6 +20,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
+from .console import InputError, run_cli
 from .io import parse_queries
 from .triangulation import MODEL_FILES
 
@@ -30,7 +32,7 @@ def read_nvm(path: Path) -> Tuple[List[Tuple[str, np.ndarray, np.ndarray]], List
     ``[(xyz, rgb, [(image_index, u, v), ...])]`` (u, v from the image centre)."""
     tokens = iter(Path(path).read_text().split())
     if next(tokens) != "NVM_V3":
-        raise ValueError(f"{path} is not an NVM_V3 file")
+        raise InputError(f"{path} is not an NVM_V3 file")
     first = next(tokens)
     if first.startswith("FixedK"):  # optional "FixedK fx cx fy cy"
         for _ in range(4):
@@ -67,17 +69,35 @@ def read_db_ids(database: Path) -> Dict[str, Tuple[int, int]]:
 def main(
     nvm: Path,
     intrinsics: Path,
+    database: Optional[Path],
     output: Path,
-    database: Optional[Path] = None,
+    skip_points: bool = False,
+    *,
     overwrite: bool = False,
 ) -> Path:
-    """Write the COLMAP model of ``nvm`` to ``output`` and return it."""
+    """Write the COLMAP model of ``nvm`` to ``output`` and return it.
+
+    Args (hloc's, in hloc's order):
+        intrinsics: ``name MODEL W H params`` per database image.
+        database: COLMAP database giving the image and camera ids (``None``:
+            ids in NVM order from 1).
+        skip_points: write the cameras and poses only (no points, no 2D
+            points).
+    Keyword-only (ours):
+        overwrite: convert again when ``output`` holds a model.
+    """
     output = Path(output)
     if all((output / f).exists() for f in MODEL_FILES) and not overwrite:
         logger.info("Model exists at %s: skipping.", output)
         return output
+    for path in (nvm, intrinsics, database):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"input of colmap_from_nvm not found: {path}")
     cameras = dict(parse_queries(intrinsics))
     images, points = read_nvm(nvm)
+    if skip_points:
+        logger.info("Skipping the %d points of %s.", len(points), nvm)
+        points = []
     ids = read_db_ids(database) if database else {}
     rec = pycolmap.Reconstruction()
     observations: List[List[Tuple[np.ndarray, int]]] = [[] for _ in images]
@@ -87,7 +107,7 @@ def main(
     point_obs: List[List[Tuple[int, int]]] = [[] for _ in points]
     for i, (name, qvec, center) in enumerate(tqdm(images, desc="images")):
         if name not in cameras:
-            raise KeyError(f"image {name} of {nvm} has no intrinsics in {intrinsics}")
+            raise InputError(f"image {name} of {nvm} has no intrinsics in {intrinsics}")
         image_id, camera_id = ids.get(name, (i + 1, i + 1))
         cam = pycolmap.Camera(**cameras[name], camera_id=camera_id)
         if not rec.exists_camera(camera_id):
@@ -113,11 +133,18 @@ def main(
     return output
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m p2p_hloc.colmap_from_nvm", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--nvm", type=Path, required=True)
+    p.add_argument("--intrinsics", type=Path, required=True)
+    p.add_argument("--database", type=Path, help="aachen.db (image and camera ids)")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--skip_points", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nvm", type=Path, required=True)
-    parser.add_argument("--intrinsics", type=Path, required=True)
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--database", type=Path)
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    sys.exit(run_cli(parser(), lambda args: main(**vars(args))))

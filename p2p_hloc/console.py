@@ -22,6 +22,26 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_argument(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *aliases: str,
+    required: bool = False,
+    **kwargs,
+) -> None:
+    """``parser.add_argument(name, **kwargs)`` that also accepts the old
+    spellings ``aliases`` (hidden from the help; the value goes to ``name``)."""
+    dest = name.lstrip("-")
+    target = parser
+    if required and aliases:
+        target = parser.add_mutually_exclusive_group(required=True)
+        required = False
+    target.add_argument(name, dest=dest, required=required, **kwargs)
+    kwargs.pop("help", None)
+    for alias in aliases:
+        target.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
 def _input_errors() -> tuple:
     """The exception types that mean "bad input" (exit 2), as far as their
     modules are already imported (importing them here could pull in torch)."""

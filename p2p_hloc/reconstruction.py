@@ -9,18 +9,21 @@ largest model is written to ``sfm_dir`` once complete.
 import argparse
 import logging
 import shutil
-from contextlib import contextmanager
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import pycolmap
 from tqdm import tqdm
 
+from .console import run_cli
 from .triangulation import (
     TriangulationError,
+    colmap_log,
     import_features,
     model_exists,
     move_model,
+    parse_option_args,
     read_pair_matches,
     verify_with_ransac,
     write_matches_and_geometries,
@@ -63,18 +66,6 @@ def create_db_from_images(
     return {image.name: image.image_id for image in images}
 
 
-@contextmanager
-def colmap_log(verbose: bool) -> Iterator[None]:
-    """COLMAP's INFO messages only if ``verbose``."""
-    level = pycolmap.logging.minloglevel
-    if not verbose:
-        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
-    try:
-        yield
-    finally:
-        pycolmap.logging.minloglevel = level
-
-
 def run_mapper(
     database: Path,
     image_dir: Path,
@@ -101,15 +92,34 @@ def main(
     pairs: Path,
     features: Path,
     matches: Path,
-    camera_mode: Union[str, pycolmap.CameraMode] = "AUTO",
+    camera_mode: Union[str, pycolmap.CameraMode] = pycolmap.CameraMode.AUTO,
+    verbose: bool = False,
+    skip_geometric_verification: bool = False,
+    min_match_score: Optional[float] = None,
     image_list: Optional[List[str]] = None,
     image_options: Optional[Dict[str, Any]] = None,
-    verbose: bool = False,
-    overwrite: bool = False,
     mapper_options: Optional[Dict[str, Any]] = None,
+    *,
+    overwrite: bool = False,
 ) -> pycolmap.Reconstruction:
     """Reconstruct the images of ``image_dir`` from the matches of ``pairs`` and
-    write the largest model (and ``database.db``) to ``sfm_dir``."""
+    write the largest model (and ``database.db``) to ``sfm_dir``; returns it.
+
+    Args (hloc's, in hloc's order):
+        camera_mode: ``pycolmap.CameraMode`` or its name (``AUTO``, ``SINGLE``,
+            ``PER_FOLDER``, ``PER_IMAGE``).
+        verbose: COLMAP's own messages.
+        skip_geometric_verification: take every match as an inlier
+            (UNCALIBRATED geometries) instead of verifying with RANSAC.
+        min_match_score: drop matches with a score not above it.
+        image_list: the images to use (names relative to ``image_dir``).
+        image_options: ``pycolmap.ImageReaderOptions`` settings.
+        mapper_options: ``pycolmap.IncrementalPipelineOptions`` settings.
+    Keyword-only (ours):
+        overwrite: reconstruct again when ``sfm_dir`` holds a model.
+    Raises:
+        ReconstructionError: no image imported or no model registered.
+    """
     sfm_dir = Path(sfm_dir)
     if model_exists(sfm_dir) and not overwrite:
         logger.info("Reconstruction exists at %s: skipping.", sfm_dir)
@@ -128,11 +138,20 @@ def main(
                 database, image_dir, camera_mode, image_list, image_options
             )
             image_ids = import_features(all_ids, database, features)
-            pair_matches = read_pair_matches(image_ids, pairs, matches)
+            pair_matches = read_pair_matches(image_ids, pairs, matches, min_match_score)
+            unverified = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
             write_matches_and_geometries(
-                None, image_ids, database, features, pair_matches
+                None,
+                image_ids,
+                database,
+                features,
+                pair_matches,
+                verified=unverified if skip_geometric_verification else None,
             )
-            verify_with_ransac(database, pair_matches, sfm_dir / "pairs-verified.txt")
+            if not skip_geometric_verification:
+                verify_with_ransac(
+                    database, pair_matches, sfm_dir / "pairs-verified.txt"
+                )
             models = run_mapper(
                 database, image_dir, tmp, len(image_ids), mapper_options
             )
@@ -157,18 +176,46 @@ def main(
     return rec
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sfm_dir", type=Path, required=True)
-    parser.add_argument("--image_dir", type=Path, required=True)
-    parser.add_argument("--pairs", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--matches", type=Path, required=True)
-    parser.add_argument(
-        "--camera_mode",
-        default="AUTO",
-        choices=list(pycolmap.CameraMode.__members__),
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m p2p_hloc.reconstruction", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    p.add_argument("--sfm_dir", type=Path, required=True)
+    p.add_argument("--image_dir", type=Path, required=True)
+    p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--matches", type=Path, required=True)
+    p.add_argument(
+        "--camera_mode", default="AUTO", choices=list(pycolmap.CameraMode.__members__)
+    )
+    p.add_argument("--skip_geometric_verification", action="store_true")
+    p.add_argument("--min_match_score", type=float)
+    p.add_argument("--verbose", action="store_true")
+    for name, options in (
+        ("image_options", "ImageReaderOptions"),
+        ("mapper_options", "IncrementalPipelineOptions"),
+    ):
+        p.add_argument(
+            f"--{name}",
+            nargs="+",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"pycolmap.{options} settings",
+        )
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    kwargs = vars(args)
+    kwargs["image_options"] = parse_option_args(
+        kwargs["image_options"], pycolmap.ImageReaderOptions()
+    )
+    kwargs["mapper_options"] = parse_option_args(
+        kwargs["mapper_options"], pycolmap.IncrementalPipelineOptions()
+    )
+    main(**kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(parser(), run))

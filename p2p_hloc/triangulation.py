@@ -9,15 +9,19 @@ silently skips UNDEFINED ones and would triangulate nothing.
 """
 
 import argparse
+import ast
 import logging
 import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import pycolmap
 from tqdm import tqdm
 
+from .console import InputError, add_argument, run_cli
 from .io import H5Error, from_hloc_coords, get_keypoints, get_matches, parse_pairs
 
 logger = logging.getLogger("p2p_hloc")
@@ -152,9 +156,12 @@ def write_matches_and_geometries(
     features: Path,
     pair_matches: Dict[Tuple[str, str], np.ndarray],
     max_error: float = 4.0,
+    verified: Optional[pycolmap.TwoViewGeometryConfiguration] = None,
 ) -> None:
-    """Write raw matches and, given a ``reference``, the matches consistent with
-    its poses as CALIBRATED two-view geometries."""
+    """Write the raw matches and their two-view geometries: with a
+    ``reference``, the matches consistent with its poses (CALIBRATED); with
+    ``verified``, all matches as inliers with that configuration (hloc's
+    ``skip_geometric_verification``); else none (RANSAC runs later)."""
     keypoints: Dict[str, np.ndarray] = {}
 
     def kps(name: str) -> np.ndarray:
@@ -167,26 +174,32 @@ def write_matches_and_geometries(
         for (name0, name1), m in tqdm(pair_matches.items(), desc="import matches"):
             id0, id1 = image_ids[name0], image_ids[name1]
             db.write_matches(id0, id1, m.astype(np.uint32))
-            if reference is None:
-                continue
-            im0, im1 = reference.images[id0], reference.images[id1]
-            keep = epipolar_inliers(
-                kps(name0)[m[:, 0]],
-                kps(name1)[m[:, 1]],
-                im0,
-                im1,
-                reference.cameras[im0.camera_id],
-                reference.cameras[im1.camera_id],
-                max_error,
-            )
             geometry = pycolmap.TwoViewGeometry()
-            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-            geometry.inlier_matches = m[keep].astype(np.uint32)
+            if verified is not None:
+                # pycolmap 4.x skips UNDEFINED geometries (hloc's default)
+                geometry.config = verified
+                geometry.inlier_matches = m.astype(np.uint32)
+            elif reference is not None:
+                im0, im1 = reference.images[id0], reference.images[id1]
+                keep = epipolar_inliers(
+                    kps(name0)[m[:, 0]],
+                    kps(name1)[m[:, 1]],
+                    im0,
+                    im1,
+                    reference.cameras[im0.camera_id],
+                    reference.cameras[im1.camera_id],
+                    max_error,
+                )
+                geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+                geometry.inlier_matches = m[keep].astype(np.uint32)
+                ratios.append(keep.mean())
+            else:
+                continue
             db.write_two_view_geometry(id0, id1, geometry)
-            ratios.append(keep.mean())
     if ratios:
         logger.info(
-            "Inlier ratio of the pose verification: mean %.3f, median %.3f, min %.3f, max %.3f.",
+            "Inlier ratio of the pose verification: "
+            "mean %.3f, median %.3f, min %.3f, max %.3f.",
             np.mean(ratios),
             np.median(ratios),
             np.min(ratios),
@@ -201,6 +214,49 @@ def verify_with_ransac(database: Path, pair_matches: Dict, pairs_path: Path) -> 
     options.ransac.max_num_trials = 20000
     options.ransac.min_inlier_ratio = 0.1
     pycolmap.verify_matches(database, pairs_path, options=options)
+
+
+@contextmanager
+def colmap_log(verbose: bool) -> Iterator[None]:
+    """COLMAP's INFO messages only if ``verbose``."""
+    level = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = level
+
+
+def parse_option_args(args: Sequence[str], defaults: Any) -> Dict[str, Any]:
+    """``key=value`` strings (values as Python literals; ``a.b=value`` for a
+    nested option) checked against the attributes and types of a pycolmap
+    options object ``defaults``; returns the nested dict pycolmap takes."""
+    options: Dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise InputError(f"options are key=value pairs, not {arg!r}")
+        *parents, leaf = key.split(".")
+        target, node = options, defaults
+        for name in parents:
+            node = getattr(node, name, None)
+            target = target.setdefault(name, {})
+        if node is None or not hasattr(node, leaf):
+            raise InputError(f"unknown option {key!r} of {type(defaults).__name__}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string
+        expected = type(getattr(node, leaf))
+        if expected is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, expected):
+            raise InputError(
+                f"option {key!r} must be {expected.__name__}, not {value!r}"
+            )
+        target[leaf] = value
+    return options
 
 
 def model_exists(path: Path) -> bool:
@@ -222,18 +278,35 @@ def main(
     pairs: Path,
     features: Path,
     matches: Path,
+    skip_geometric_verification: bool = False,
     estimate_two_view_geometries: bool = False,
     min_match_score: Optional[float] = None,
-    max_epipolar_error: float = 4.0,
+    verbose: bool = False,
     mapper_options: Optional[Dict[str, Any]] = None,
+    *,
+    max_epipolar_error: float = 4.0,
     overwrite: bool = False,
-) -> Path:
-    """Triangulate the matches of ``pairs`` into ``reference_model``'s poses and
-    write the model (and ``database.db``) to ``sfm_dir``, which is returned."""
+) -> pycolmap.Reconstruction:
+    """Triangulate the matches of ``pairs`` into ``reference_model``'s poses;
+    the model (and ``database.db``) is written to ``sfm_dir`` and returned.
+
+    Args (hloc's, in hloc's order):
+        skip_geometric_verification: take every match as an inlier.
+        estimate_two_view_geometries: verify with RANSAC instead of the known
+            poses (epipolar distance <= ``max_epipolar_error`` px).
+        min_match_score: drop matches with a score not above it.
+        verbose: COLMAP's own messages.
+        mapper_options: ``pycolmap.IncrementalPipelineOptions`` settings.
+    Keyword-only (ours):
+        max_epipolar_error: threshold of the pose verification, pixels.
+        overwrite: triangulate again when ``sfm_dir`` holds a model.
+    Raises:
+        TriangulationError: no pair has matches, or no 3D point was made.
+    """
     sfm_dir = Path(sfm_dir)
     if model_exists(sfm_dir) and not overwrite:
         logger.info("Triangulated model exists at %s: skipping.", sfm_dir)
-        return sfm_dir
+        return pycolmap.Reconstruction(sfm_dir)
     for p in (reference_model, image_dir, pairs, features, matches):
         if not Path(p).exists():
             raise FileNotFoundError(f"input of the triangulation not found: {p}")
@@ -243,24 +316,28 @@ def main(
     image_ids = create_db_from_model(reference, database)
     image_ids = import_features(image_ids, database, features)
     pair_matches = read_pair_matches(image_ids, pairs, matches, min_match_score)
+    calibrated = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    ransac = estimate_two_view_geometries and not skip_geometric_verification
     write_matches_and_geometries(
-        None if estimate_two_view_geometries else reference,
+        None if ransac else reference,
         image_ids,
         database,
         features,
         pair_matches,
         max_epipolar_error,
+        verified=calibrated if skip_geometric_verification else None,
     )
-    if estimate_two_view_geometries:
+    if ransac:
         verify_with_ransac(database, pair_matches, sfm_dir / "pairs-verified.txt")
 
     options = pycolmap.IncrementalPipelineOptions(mapper_options or {})
     tmp = sfm_dir / "triangulation.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    rec = pycolmap.triangulate_points(
-        reference, database, image_dir, tmp, options=options
-    )
+    with colmap_log(verbose):
+        rec = pycolmap.triangulate_points(
+            reference, database, image_dir, tmp, options=options
+        )
     logger.info("Triangulated model:\n%s", rec.summary())
     if rec.num_points3D() == 0:
         raise TriangulationError(
@@ -269,18 +346,45 @@ def main(
         )
     move_model(tmp, sfm_dir)
     shutil.rmtree(tmp)
-    return sfm_dir
+    return rec
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m p2p_hloc.triangulation", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--sfm_dir", type=Path, required=True)
+    add_argument(
+        p, "--reference_sfm_model", "--reference_model", type=Path, required=True
+    )
+    p.add_argument("--image_dir", type=Path, required=True)
+    p.add_argument("--pairs", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--matches", type=Path, required=True)
+    p.add_argument("--skip_geometric_verification", action="store_true")
+    p.add_argument("--estimate_two_view_geometries", action="store_true")
+    p.add_argument("--min_match_score", type=float)
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--mapper_options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pycolmap.IncrementalPipelineOptions settings",
+    )
+    p.add_argument("--max_epipolar_error", type=float, default=4.0)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    kwargs = vars(args)
+    kwargs["reference_model"] = kwargs.pop("reference_sfm_model")
+    kwargs["mapper_options"] = parse_option_args(
+        kwargs["mapper_options"], pycolmap.IncrementalPipelineOptions()
+    )
+    main(**kwargs)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sfm_dir", type=Path, required=True)
-    parser.add_argument("--reference_model", type=Path, required=True)
-    parser.add_argument("--image_dir", type=Path, required=True)
-    parser.add_argument("--pairs", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--matches", type=Path, required=True)
-    parser.add_argument("--estimate_two_view_geometries", action="store_true")
-    parser.add_argument("--min_match_score", type=float)
-    parser.add_argument("--overwrite", action="store_true")
-    main(**vars(parser.parse_args()))
+    sys.exit(run_cli(parser(), run))

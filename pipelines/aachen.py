@@ -1,125 +1,196 @@
 """Aachen Day-Night v1.0 with Patch2Pix: a results file for visuallocalization.net.
 
-python -m pipelines.aachen --dataset datasets/aachen --pairs pairs/aachen \
-    --outputs outputs/aachen [--conf patch2pix_aachen] [--weights PATH]
+python -m pipelines.aachen [--dataset datasets/aachen] [--pairs pairs/aachen] \
+    [--outputs outputs/aachen] [--conf patch2pix_aachen] [--weights PATH]
 
-Steps (each skipped when its output exists): NVM -> COLMAP reference model;
-match the database pairs (pairs-db-covis20); triangulate; match the query
-pairs (pairs-query-netvlad30) with the database keypoints fixed; localize
-(RANSAC 12 px, covisibility clustering), as in the Patch2Pix paper.
+The steps of hloc's Aachen pipeline (hloc/pipelines/Aachen/pipeline.py) with
+hloc's output names and Patch2Pix as a dense matcher (as in hloc's
+Aachen_v1_1/pipeline_loftr.py): NVM -> COLMAP model ``sfm_sift``; covisibility
+pairs; match_dense (mapping, max_kps=8192); triangulation; retrieval pairs;
+match_dense (localization: the mapping features and matches, max_kps=None);
+localize_sfm. Steps whose output exists are skipped.
+
+NetVLAD retrieval is not part of p2p_hloc: the retrieval pairs are hloc's
+shipped ``pairs/aachen/pairs-query-netvlad<num_loc>.txt`` (``--pairs``),
+copied into the outputs. The Patch2Pix paper's settings differ from hloc's
+defaults: ``--num_loc 30 --covisibility_clustering`` (v1.0) or
+``--ransac_thresh 20`` (v1.1).
 """
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Tuple
 
 from p2p_hloc import (
     colmap_from_nvm,
     localize_sfm,
     logger,
-    match_pairs,
+    match_dense,
+    pairs_from_covisibility,
     triangulation,
     tune_malloc,
+    visualize,
 )
 from p2p_hloc.confs import confs
+from p2p_hloc.console import run_cli
+from p2p_hloc.match_dense import add_model_args
+from p2p_hloc.match_pairs import with_precision
 
 QUERIES = "queries/*_time_queries_with_intrinsics.txt"
 
 
-def run(
-    reference: Path,
-    images: Path,
-    queries: Path,
-    db_pairs: Path,
-    loc_pairs: Path,
-    outputs: Path,
-    results: Path,
-    conf_name: str,
-    weights: Optional[Path],
-    ransac_thresh: float,
-    covisibility_clustering: bool,
+def retrieval_pairs(pairs_dir: Path, loc_pairs: Path) -> Path:
+    """hloc's shipped retrieval pairs (NetVLAD), copied to ``loc_pairs``."""
+    shipped = Path(pairs_dir) / loc_pairs.name
+    if not shipped.is_file():
+        raise FileNotFoundError(
+            f"{shipped} not found: copy the pairs/ folder of "
+            "https://github.com/cvg/Hierarchical-Localization (see datasets/README.md)"
+        )
+    shutil.copyfile(shipped, loc_pairs)
+    return loc_pairs
+
+
+def matcher(args: argparse.Namespace) -> Tuple[Dict, str]:
+    """The conf at ``--precision`` and the method name of the results file
+    (the conf name, ``-<precision>`` unless fp32)."""
+    suffix = "" if args.precision == "fp32" else f"-{args.precision}"
+    return with_precision(confs[args.conf], args.precision), args.conf + suffix
+
+
+def map_and_localize(
+    args: argparse.Namespace, sift_sfm: Path, results_prefix: str
 ) -> Path:
-    """Match, triangulate and localize; shared by the Aachen pipelines."""
-    for path in (reference, images, db_pairs, loc_pairs):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: see datasets/README.md")
-    conf = confs[conf_name]
-    features, sfm_matches = match_pairs.main(
-        conf, db_pairs, images, export_dir=outputs, weights=weights
+    """The steps after the reference model, shared by Aachen v1.0 and v1.1:
+    covisibility pairs, mapping, triangulation, retrieval pairs, localization
+    matching and localization. Returns the results file."""
+    dataset, outputs = args.dataset, args.outputs
+    matcher_conf, method = matcher(args)
+    model = dict(weights=args.weights, device=args.device)
+
+    images = dataset / "images_upright/"
+    reference_sfm = outputs / f"sfm_{matcher_conf['output']}"  # the model we build
+    sfm_pairs = outputs / f"pairs-db-covis{args.num_covis}.txt"
+    loc_pairs = outputs / f"pairs-query-netvlad{args.num_loc}.txt"
+    results = outputs / f"{results_prefix}_hloc_{method}_netvlad{args.num_loc}.txt"
+
+    pairs_from_covisibility.main(sift_sfm, sfm_pairs, num_matched=args.num_covis)
+    features, sfm_matches = match_dense.main(
+        matcher_conf, sfm_pairs, images, outputs, max_kps=8192, overwrite=False, **model
     )
-    sfm = triangulation.main(
-        outputs / f"sfm_{conf['output']}",
-        reference,
+    triangulation.main(
+        reference_sfm, sift_sfm, images, sfm_pairs, features, sfm_matches
+    )
+    retrieval_pairs(args.pairs, loc_pairs)
+    features, loc_matches = match_dense.main(
+        matcher_conf,
+        loc_pairs,
         images,
-        db_pairs,
-        features,
-        sfm_matches,
+        outputs,
+        features=features,
+        max_kps=None,
+        matches=sfm_matches,
+        **model,
     )
-    _, loc_matches = match_pairs.main(
-        conf, loc_pairs, images, export_dir=outputs, features=features, weights=weights
-    )
-    return localize_sfm.main(
-        sfm,
-        queries,
+    localize_sfm.main(
+        reference_sfm,
+        dataset / QUERIES,
         loc_pairs,
         features,
         loc_matches,
         results,
-        ransac_thresh=ransac_thresh,
-        covisibility_clustering=covisibility_clustering,
+        ransac_thresh=args.ransac_thresh,
+        covisibility_clustering=args.covisibility_clustering,
     )
+    if args.plots:
+        visualize.main(
+            results,
+            images,
+            reference_sfm,
+            outputs / "plots",
+            features,
+            loc_matches,
+            num_queries=args.plots,
+        )
+    return results
 
 
-def main(
-    dataset: Path,
-    pairs: Path,
-    outputs: Path,
-    conf: str = "patch2pix_aachen",
-    weights: Optional[Path] = None,
-    num_covis: int = 20,
-    num_loc: int = 30,
-) -> Path:
-    outputs.mkdir(parents=True, exist_ok=True)
-    reference = colmap_from_nvm.main(
-        dataset / "3D-models/aachen_cvpr2018_db.nvm",
-        dataset / "3D-models/database_intrinsics.txt",
-        outputs / "sfm_sift",
-        database=dataset / "aachen.db",
+def run(args: argparse.Namespace) -> Path:
+    """hloc's Aachen v1.0 steps; returns the results file."""
+    args.outputs.mkdir(parents=True, exist_ok=True)
+    sift_sfm = args.outputs / "sfm_sift"  # from which we take the reference poses
+    colmap_from_nvm.main(
+        args.dataset / "3D-models/aachen_cvpr2018_db.nvm",
+        args.dataset / "3D-models/database_intrinsics.txt",
+        args.dataset / "aachen.db",
+        sift_sfm,
     )
-    results = run(
-        reference,
-        dataset / "images_upright",
-        dataset / QUERIES,
-        pairs / f"pairs-db-covis{num_covis}.txt",
-        pairs / f"pairs-query-netvlad{num_loc}.txt",
-        outputs,
-        outputs / f"Aachen_p2p_{conf}_netvlad{num_loc}.txt",
-        conf,
-        weights,
-        ransac_thresh=12.0,
-        covisibility_clustering=True,
-    )
+    results = map_and_localize(args, sift_sfm, "Aachen")
     logger.info("Submit %s to visuallocalization.net (Aachen Day-Night).", results)
     return results
 
 
-def parser(
-    dataset: str, pairs: str, outputs: str, conf: str
+def common_parser(
+    description: str, dataset: str, pairs: str, outputs: str, conf: str
 ) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", type=Path, default=Path(dataset))
+    """``--dataset``, ``--outputs`` (hloc's), ``--pairs``, ``--conf`` and the
+    model's flags, with these defaults."""
+    p = argparse.ArgumentParser(description=description)
+    for flag, default, what in (
+        ("--dataset", dataset, "Path to the dataset"),
+        ("--outputs", outputs, "Path to the output directory"),
+        ("--pairs", pairs, "hloc's pairs folder (retrieval pairs)"),
+    ):
+        p.add_argument(
+            flag, type=Path, default=Path(default), help=f"{what}, default: %(default)s"
+        )
     p.add_argument(
-        "--pairs", type=Path, default=Path(pairs), help="hloc's pairs folder"
+        "--conf", choices=list(confs), default=conf, help="default: %(default)s"
     )
-    p.add_argument("--outputs", type=Path, default=Path(outputs))
-    p.add_argument("--conf", choices=list(confs), default=conf)
-    p.add_argument("--weights", type=Path)
+    add_model_args(p)
     return p
+
+
+def parser(
+    dataset: str, pairs: str, outputs: str, description: str = __doc__
+) -> argparse.ArgumentParser:
+    """The flags of hloc's Aachen pipelines and ours (``--pairs``, the matcher
+    and its model, the paper's localization settings, ``--plots``)."""
+    p = common_parser(
+        description.splitlines()[0], dataset, pairs, outputs, "patch2pix_aachen"
+    )
+    for flag, default, what in (
+        ("--num_covis", 20, "Number of image pairs for SfM"),
+        ("--num_loc", 50, "Number of image pairs for loc"),
+    ):
+        p.add_argument(
+            flag, type=int, default=default, help=f"{what}, default: %(default)s"
+        )
+    p.add_argument(
+        "--ransac_thresh",
+        type=float,
+        default=12.0,
+        help="PnP RANSAC threshold in pixels, default: %(default)s",
+    )
+    p.add_argument("--covisibility_clustering", action="store_true")
+    add_plots_arg(p)
+    return p
+
+
+def add_plots_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument(
+        "--plots",
+        type=int,
+        default=default,
+        metavar="N",
+        help="localization pictures of the N worst queries (largest pose error, "
+        "else fewest inliers) in <outputs>/plots, default: %(default)s",
+    )
 
 
 if __name__ == "__main__":
     tune_malloc()
-    p = parser("datasets/aachen", "pairs/aachen", "outputs/aachen", "patch2pix_aachen")
-    p.add_argument("--num_covis", type=int, default=20)
-    p.add_argument("--num_loc", type=int, default=30)
-    main(**vars(p.parse_args()))
+    p = parser("datasets/aachen", "pairs/aachen", "outputs/aachen")
+    sys.exit(run_cli(p, run))

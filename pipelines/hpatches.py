@@ -1,24 +1,31 @@
 """HPatches homography estimation and MMA for a matcher conf (paper Table 1, Fig. 4).
 
-python -m pipelines.hpatches --dataset DIR --conf NAME --outputs DIR [--weights PATH]
+python -m pipelines.hpatches --dataset DIR --conf NAME --outputs DIR [--weights PATH] \
+    [--device cpu|cuda] [--precision fp32|bf16|fp16] [--ransac_thresh 2]
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from p2p_hloc import logger, tune_malloc
 from p2p_hloc.confs import confs
+from p2p_hloc.console import add_argument, run_cli
 from p2p_hloc.eval import hpatches as hp
 from p2p_hloc.eval.homography import SOLVERS
+from p2p_hloc.match_dense import add_model_args
+from p2p_hloc.match_pairs import with_precision
 from p2p_hloc.matchers import build_matcher
 
 
-def build_match_fn(conf: Dict, weights: Optional[Path]) -> hp.MatchFn:
+def build_match_fn(
+    conf: Dict, weights: Optional[Path], device: Optional[str] = None
+) -> hp.MatchFn:
     """Adapt a conf's matcher to ``match_fn(path0, path1)``, with both images
     loaded and matched in each call (the timing of the paper)."""
-    matcher = build_matcher(conf, weights)
+    matcher = build_matcher(conf, weights, device)
 
     def match_fn(path0: Path, path1: Path) -> Dict:
         data0, data1 = matcher.load(path0), matcher.load(path1)
@@ -36,9 +43,10 @@ def main(
     overwrite: bool = False,
     protocols: Sequence[str] = hp.PROTOCOLS,
     solver: str = "degensac",
-    ransac_threshold: float = 2.0,
+    ransac_thresh: float = 2.0,
     all_sequences: bool = False,
     skip_incomplete: bool = False,
+    device: Optional[str] = None,
 ) -> Path:
     """Match (cached) and evaluate; returns the json of the first protocol."""
     outputs = Path(outputs)
@@ -50,15 +58,16 @@ def main(
     if overwrite or any(
         hp.load_matches(hp.cache_path(cache_dir, p)) is None for p in pairs
     ):
-        hp.match_pairs(build_match_fn(conf, weights), pairs, cache_dir, overwrite)
+        match_fn = build_match_fn(conf, weights, device)
+        hp.match_pairs(match_fn, pairs, cache_dir, overwrite)
 
     paths = []
     for protocol in protocols:
         records, summary = hp.evaluate(
-            pairs, cache_dir, protocol, solver, ransac_threshold
+            pairs, cache_dir, protocol, solver, ransac_thresh
         )
         path = outputs / f"hpatches-{name}-{protocol}.json"
-        info = {"protocol": protocol, "solver": solver, "threshold": ransac_threshold}
+        info = {"protocol": protocol, "solver": solver, "threshold": ransac_thresh}
         hp.save_results(path, records, summary, {**meta, **info})
         paths.append(path)
         results = {
@@ -70,33 +79,38 @@ def main(
     return paths[0]
 
 
-if __name__ == "__main__":
-    tune_malloc()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--conf", choices=list(confs), default="patch2pix")
-    parser.add_argument("--outputs", type=Path, required=True)
-    parser.add_argument("--weights", type=Path)
-    parser.add_argument(
-        "--protocols", nargs="+", choices=hp.PROTOCOLS, default=hp.PROTOCOLS
-    )
-    parser.add_argument("--solver", choices=SOLVERS, default="degensac")
-    parser.add_argument("--ransac_threshold", type=float, default=2.0)
-    parser.add_argument(
-        "--all_sequences", action="store_true", help="all 116 sequences"
-    )
-    parser.add_argument("--skip_incomplete", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
-    main(
-        confs[args.conf],
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--conf", choices=list(confs), default="patch2pix")
+    p.add_argument("--outputs", type=Path, required=True)
+    add_model_args(p)
+    p.add_argument("--protocols", nargs="+", choices=hp.PROTOCOLS, default=hp.PROTOCOLS)
+    p.add_argument("--solver", choices=SOLVERS, default="degensac")
+    add_argument(p, "--ransac_thresh", "--ransac_threshold", type=float, default=2.0)
+    p.add_argument("--all_sequences", action="store_true", help="all 116 sequences")
+    p.add_argument("--skip_incomplete", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> Path:
+    conf = with_precision(confs[args.conf], args.precision)
+    return main(
+        conf,
         args.dataset,
         args.outputs,
         args.weights,
         args.overwrite,
         args.protocols,
         args.solver,
-        args.ransac_threshold,
+        args.ransac_thresh,
         args.all_sequences,
         args.skip_incomplete,
+        args.device,
     )
+
+
+if __name__ == "__main__":
+    tune_malloc()
+    sys.exit(run_cli(parser(), run))

@@ -36,6 +36,31 @@ def golden_model(golden_weights):
     return load_model(golden_weights, "cpu")
 
 
+@pytest.fixture(scope="session")
+def aachen_v1_1_layout(tmp_path_factory) -> dict:
+    """A generated Aachen v1.1 in the benchmark's layout (8 db images, 2 day
+    and 1 night queries, 320 x 240; p2p_hloc.synthetic_layouts)."""
+    from p2p_hloc.synthetic_layouts import aachen_v1_1
+
+    return aachen_v1_1(tmp_path_factory.mktemp("aachen_v1_1"))
+
+
+@pytest.fixture(scope="session")
+def aachen_v1_0_layout(tmp_path_factory) -> dict:
+    """A generated Aachen v1.0 (NVM, intrinsics, aachen.db) in its layout."""
+    from p2p_hloc.synthetic_layouts import aachen_v1_0
+
+    return aachen_v1_0(tmp_path_factory.mktemp("aachen_v1_0"))
+
+
+@pytest.fixture(scope="session")
+def inloc_layout(tmp_path_factory) -> dict:
+    """A generated InLoc (cutouts with XYZcut, alignments) in its layout."""
+    from p2p_hloc.synthetic_layouts import inloc
+
+    return inloc(tmp_path_factory.mktemp("inloc"))
+
+
 @pytest.fixture
 def logs(caplog, monkeypatch):
     """caplog for the 'p2p_hloc' logger (which does not propagate), at INFO."""

@@ -118,8 +118,9 @@ def dense_scene(root: Path, num_queries: int = 3, num_points: int = 300) -> Dict
             raw.append(simulate_matches(planes, view, views[r], n, 0.5, rng))
         write_dense_matches(pairs, raw, feats, root / f"matches_{kind}.h5", quant)
         if kind == "db":
-            sfm = triangulation.main(
-                root / "sfm",
+            sfm = root / "sfm"
+            triangulation.main(
+                sfm,
                 scene["reference"],
                 scene["images"],
                 scene["pairs_db"],

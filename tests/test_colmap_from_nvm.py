@@ -2,74 +2,93 @@ import sqlite3
 
 import numpy as np
 import pycolmap
+from helpers_localization import assert_hloc_signature
 
 from p2p_hloc import colmap_from_nvm
-from p2p_hloc.synthetic import View, look, write_model
+from p2p_hloc.console import run_cli
+from p2p_hloc.synthetic import View, look
+from p2p_hloc.synthetic_layouts import (
+    aachen_views,
+    camera_line,
+    reference_model,
+    scene_points,
+    write_nvm,
+)
 
 
-def write_nvm(rec: pycolmap.Reconstruction, path, intrinsics):
-    """An NVM file and intrinsics list of a model (with made-up points)."""
-    images = sorted(rec.images.values(), key=lambda im: im.name)
-    index = {im.image_id: i for i, im in enumerate(images)}
-    lines = ["NVM_V3", "", str(len(images))]
-    for im in images:
-        pose = im.cam_from_world()
-        q = pose.rotation.quat[[3, 0, 1, 2]]
-        c = im.projection_center()
-        lines.append(f"{im.name} 1.0 " + " ".join(map(str, [*q, *c])) + " 0 0")
-    rng = np.random.default_rng(0)
-    points = rng.uniform([-3, -1, 6], [3, 1, 7.9], (20, 3))
-    lines += ["", str(len(points))]
-    for xyz in points:
-        obs = []
-        for im in images:
-            cam = rec.cameras[im.camera_id]
-            uv = cam.img_from_cam(im.cam_from_world() * xyz[None])[0]
-            if 0 < uv[0] < cam.width and 0 < uv[1] < cam.height:
-                d = uv - [cam.principal_point_x, cam.principal_point_y]
-                obs.append(f"{index[im.image_id]} 0 {d[0]} {d[1]}")
-        lines.append(" ".join(map(str, xyz)) + f" 10 20 30 {len(obs)} " + " ".join(obs))
-    path.write_text("\n".join(lines) + "\n")
-    intrinsics.write_text(
-        "".join(
-            f"{im.name} {rec.cameras[im.camera_id].model.name} {rec.cameras[im.camera_id].width} "
-            f"{rec.cameras[im.camera_id].height} "
-            + " ".join(map(str, rec.cameras[im.camera_id].params))
-            + "\n"
-            for im in images
-        )
+def test_signature_is_hlocs():
+    assert_hloc_signature(
+        colmap_from_nvm.main, "nvm, intrinsics, database, output, skip_points=False"
     )
-    return points
 
 
-def test_nvm_roundtrip(tmp_path):
+def assert_same_poses(rec: pycolmap.Reconstruction, views) -> None:
+    assert sorted(im.name for im in rec.images.values()) == sorted(
+        v.name for v in views
+    )
+    for view in views:
+        pose = rec.find_image_with_name(view.name).cam_from_world()
+        np.testing.assert_allclose(pose.rotation.matrix(), view.R, atol=1e-9)
+        np.testing.assert_allclose(pose.translation, view.t, atol=1e-9)
+
+
+def test_aachen_layout_in_hlocs_order(aachen_v1_0_layout, tmp_path):
+    """hloc's call of the Aachen pipeline, positional: nvm, intrinsics,
+    aachen.db, output. Poses are those the layout was rendered from, ids come
+    from the database (not the NVM order), points reproject exactly."""
+    models = aachen_v1_0_layout["dataset"] / "3D-models"
+    out = colmap_from_nvm.main(
+        models / "aachen_cvpr2018_db.nvm",
+        models / "database_intrinsics.txt",
+        aachen_v1_0_layout["dataset"] / "aachen.db",
+        tmp_path / "sfm_sift",
+    )
+    rec = pycolmap.Reconstruction(out)
+    db, _ = aachen_views(320, 240, 2, 1, seed=0)  # the layout's defaults
+    assert_same_poses(rec, db)
+    names = sorted((v.name for v in db), reverse=True)  # the database's ids
+    assert {rec.images[101 + i].name for i in range(len(db))} == set(names)
+    assert all(rec.images[101 + i].name == n for i, n in enumerate(names))
+    assert rec.num_points3D() > 1000
+    rec.update_point_3d_errors()
+    assert rec.compute_mean_reprojection_error() < 1e-6
+
+    argv = ["--nvm", str(models / "aachen_cvpr2018_db.nvm"), "--intrinsics"]
+    argv += [str(models / "database_intrinsics.txt"), "--output"]
+    argv += [str(tmp_path / "no_points"), "--skip_points"]  # ids in NVM order
+    run = lambda args: colmap_from_nvm.main(**vars(args))  # noqa: E731
+    assert run_cli(colmap_from_nvm.parser(), run, argv) == 0
+    rec = pycolmap.Reconstruction(tmp_path / "no_points")
+    assert rec.num_points3D() == 0
+    assert all(im.num_points2D() == 0 for im in rec.images.values())
+    assert rec.images[1].name == "db/1040.jpg"
+    assert_same_poses(rec, db)
+
+
+def test_old_style_database(tmp_path):
+    """A database with only an images table (names and ids) is enough."""
     views = [
         View(f"db/{i}.jpg", 480, 360, 373.0, *look((x, 0, 1), yaw))
         for i, (x, yaw) in enumerate([(-2, 10), (0, 0), (2, -10)])
     ]
-    ref = pycolmap.Reconstruction(write_model(views, tmp_path / "ref"))
-    nvm, intrinsics, db = (
-        tmp_path / "model.nvm",
-        tmp_path / "intrinsics.txt",
-        tmp_path / "a.db",
+    ref = reference_model(views, scene_points(views, step=48))
+    nvm = write_nvm(ref, tmp_path / "model.nvm")
+    intrinsics = tmp_path / "intrinsics.txt"
+    intrinsics.write_text(
+        "".join(f"{camera_line(im.name, im.camera)}\n" for im in ref.images.values())
     )
-    points = write_nvm(ref, nvm, intrinsics)
-    with sqlite3.connect(db) as con:  # an old-style database: only names and ids
+    db = tmp_path / "a.db"
+    with sqlite3.connect(db) as con:
         con.execute(
             "CREATE TABLE images (image_id INTEGER, name TEXT, camera_id INTEGER)"
         )
         con.executemany(
             "INSERT INTO images VALUES (?, ?, ?)",
-            [(100 + i, im.name, 7) for i, im in enumerate(ref.images.values())],
+            [(100 + i, v.name, 7) for i, v in enumerate(views)],
         )
-    out = colmap_from_nvm.main(nvm, intrinsics, tmp_path / "sfm", database=db)
-    rec = pycolmap.Reconstruction(out)
-    assert rec.num_images() == ref.num_images() and rec.num_points3D() == len(points)
-    assert set(rec.images) == set(range(100, 100 + ref.num_images()))
-    for im in ref.images.values():
-        new = rec.find_image_with_name(im.name)
-        np.testing.assert_allclose(
-            new.cam_from_world().matrix(), im.cam_from_world().matrix(), atol=1e-9
-        )
-    rec.update_point_3d_errors()
-    assert rec.compute_mean_reprojection_error() < 1e-6
+    rec = pycolmap.Reconstruction(
+        colmap_from_nvm.main(nvm, intrinsics, db, tmp_path / "sfm")
+    )
+    assert set(rec.images) == {100, 101, 102} and set(rec.cameras) == {7}
+    assert rec.num_points3D() == ref.num_points3D() > 50
+    assert_same_poses(rec, views)

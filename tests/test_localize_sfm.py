@@ -30,8 +30,9 @@ def data(tmp_path_factory):
     scene = generate_scene(root / "scene", num_queries=4)
     feats, matches = root / "feats.h5", root / "matches.h5"
     sift_h5(scene["images"], [scene["pairs_db"], scene["pairs_query"]], feats, matches)
-    sfm = triangulation.main(
-        root / "sfm",
+    sfm = root / "sfm"
+    triangulation.main(
+        sfm,
         scene["reference"],
         scene["images"],
         scene["pairs_db"],

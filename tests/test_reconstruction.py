@@ -1,7 +1,9 @@
+import inspect
+
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import sift_h5
+from helpers_localization import assert_hloc_signature, sift_h5
 
 from p2p_hloc import reconstruction
 from p2p_hloc.synthetic import generate_scene
@@ -112,3 +114,56 @@ def test_no_model_raises(data):
     assert str(data["pairs_db"]) in str(e.value)
     assert not (path / "points3D.bin").exists()
     assert not (path / "models.tmp").exists()
+
+
+HLOC_SIGNATURE = (  # hloc_interfaces.md, section 3.2 (camera_mode checked below)
+    "sfm_dir, image_dir, pairs, features, matches, camera_mode=None, "
+    "verbose=False, skip_geometric_verification=False, min_match_score=None, "
+    "image_list=None, image_options=None, mapper_options=None"
+)
+
+
+def test_signature_is_hlocs():
+    signature = inspect.signature(reconstruction.main)
+    assert signature.parameters["camera_mode"].default is pycolmap.CameraMode.AUTO
+
+    def stand_in():  # the same signature with camera_mode's default as None
+        pass
+
+    stand_in.__signature__ = signature.replace(
+        parameters=[
+            p.replace(default=None) if p.name == "camera_mode" else p
+            for p in signature.parameters.values()
+        ]
+    )
+    assert_hloc_signature(stand_in, HLOC_SIGNATURE)
+
+
+def test_hloc_positional_call_skips_verification(data):
+    """Every argument positional in hloc's order; skip_geometric_verification
+    (8th) writes all matches as UNCALIBRATED geometries (pycolmap 4.x skips
+    hloc's UNDEFINED ones) and the mapper still reconstructs."""
+    pycolmap.set_random_seed(0)
+    sfm_dir = data["root"] / "sfm_positional"
+    rec = reconstruction.main(
+        sfm_dir,
+        data["images"],
+        data["pairs_db"],
+        data["features"],
+        data["matches"],
+        pycolmap.CameraMode.SINGLE,
+        False,
+        True,
+        None,
+        None,
+        data["intrinsics"],
+        dict(ba_refine_focal_length=False, num_threads=1),
+    )
+    with pycolmap.Database.open(sfm_dir / "database.db") as db:
+        _, geometries = db.read_two_view_geometries()
+    assert {g.config for g in geometries} == {
+        pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+    }
+    assert rec.num_reg_images() >= 7 and rec.num_cameras() == 1
+    errors = center_errors(rec, data["centers"])
+    assert np.median(errors) < 0.05, errors

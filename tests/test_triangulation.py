@@ -1,9 +1,10 @@
 import numpy as np
 import pycolmap
 import pytest
-from helpers_localization import sift_h5
+from helpers_localization import assert_hloc_signature, sift_h5
 
 from p2p_hloc import triangulation
+from p2p_hloc.console import run_cli
 from p2p_hloc.io import parse_pairs, write_pairs
 from p2p_hloc.synthetic import generate_scene, room
 
@@ -44,8 +45,10 @@ def distance_to_room(xyz: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("ransac", [False, True])
 def test_points_lie_on_the_scene(data, ransac):
-    path = run(data, f"sfm_{ransac}", estimate_two_view_geometries=ransac)
-    rec = pycolmap.Reconstruction(path)
+    path = data["root"] / f"sfm_{ransac}"
+    rec = run(data, path.name, estimate_two_view_geometries=ransac)
+    assert isinstance(rec, pycolmap.Reconstruction)
+    assert pycolmap.Reconstruction(path).num_points3D() == rec.num_points3D()
     assert rec.num_points3D() > 200
     xyz = np.array([p.xyz for p in rec.points3D.values()])
     assert np.median(distance_to_room(xyz)) < 0.02
@@ -58,10 +61,12 @@ def test_points_lie_on_the_scene(data, ransac):
 
 
 def test_existing_model_is_reused(data, logs):
-    path = run(data, "sfm_False")
+    path = data["root"] / "sfm_False"
+    first = run(data, path.name)
     mtime = (path / "points3D.bin").stat().st_mtime
-    run(data, "sfm_False")
+    again = run(data, path.name)
     assert "skipping" in logs.text
+    assert again.num_points3D() == first.num_points3D()
     assert (path / "points3D.bin").stat().st_mtime == mtime
 
 
@@ -71,9 +76,9 @@ def test_bad_pairs_are_skipped_with_a_message(data, logs):
         data["root"] / "bad.txt",
         pairs + [("db/000.png", "db/missing.png"), ("db/000.png", "db/007.png")],
     )
-    path = run(data, "sfm_bad", pairs=bad)
+    rec = run(data, "sfm_bad", pairs=bad)
     assert "absent from the model" in logs.text and "no matches" in logs.text
-    assert pycolmap.Reconstruction(path).num_points3D() > 200
+    assert rec.num_points3D() > 200
 
 
 def test_no_usable_pair_raises(data):
@@ -81,3 +86,60 @@ def test_no_usable_pair_raises(data):
     with pytest.raises(triangulation.TriangulationError, match="no pair"):
         run(data, "sfm_none", pairs=bad)
     assert not (data["root"] / "sfm_none" / "points3D.bin").exists()
+
+
+HLOC_SIGNATURE = (  # hloc_interfaces.md, section 3.1
+    "sfm_dir, reference_model, image_dir, pairs, features, matches, "
+    "skip_geometric_verification=False, estimate_two_view_geometries=False, "
+    "min_match_score=None, verbose=False, mapper_options=None"
+)
+
+
+def test_signature_is_hlocs():
+    assert_hloc_signature(triangulation.main, HLOC_SIGNATURE)
+
+
+def test_hloc_positional_call_skips_verification(data):
+    """All eleven arguments positional in hloc's order; the 7th,
+    skip_geometric_verification, takes every match as an inlier (CALIBRATED:
+    pycolmap 4.x would skip hloc's UNDEFINED geometries)."""
+    sfm_dir = data["root"] / "sfm_positional"
+    rec = triangulation.main(
+        sfm_dir,
+        data["reference"],
+        data["images"],
+        data["pairs_db"],
+        data["features"],
+        data["matches"],
+        True,
+        False,
+        None,
+        False,
+        {"min_num_matches": 15},
+    )
+    assert rec.num_points3D() > 200
+    with pycolmap.Database.open(sfm_dir / "database.db") as db:
+        ids, geometries = db.read_two_view_geometries()
+        matches = dict(zip(*db.read_all_matches()))
+    assert {g.config for g in geometries} == {
+        pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    }
+    for i, g in zip(ids, geometries):
+        np.testing.assert_array_equal(g.inlier_matches, matches[i])
+
+
+@pytest.mark.parametrize("flag", ["--reference_sfm_model", "--reference_model"])
+def test_cli_with_hlocs_flag_and_the_old_one(data, flag):
+    sfm_dir = data["root"] / f"sfm_cli{flag}"
+    argv = ["--sfm_dir", str(sfm_dir), flag, str(data["reference"])]
+    argv += ["--image_dir", str(data["images"]), "--pairs", str(data["pairs_db"])]
+    argv += ["--features", str(data["features"]), "--matches", str(data["matches"])]
+    argv += [
+        "--mapper_options",
+        "min_num_matches=15",
+        "triangulation.ignore_two_view_tracks=False",
+    ]
+    assert run_cli(triangulation.parser(), triangulation.run, argv) == 0
+    assert pycolmap.Reconstruction(sfm_dir).num_points3D() > 200
+    bad = argv[:-2] + ["no_such_option=1"]
+    assert run_cli(triangulation.parser(), triangulation.run, bad) == 2
