@@ -98,9 +98,10 @@ def match_ids(ids0: np.ndarray, ids1: np.ndarray) -> Tuple[np.ndarray, np.ndarra
 
 
 def sfm(scene: Dict, name: str = "sfm") -> Path:
+    """The model triangulated from ``pairs_db`` (its folder)."""
     from p2p_hloc import triangulation
 
-    return triangulation.main(
+    triangulation.main(
         scene["root"] / name,
         scene["reference"],
         scene["images"],
@@ -108,6 +109,7 @@ def sfm(scene: Dict, name: str = "sfm") -> Path:
         scene["features"],
         scene["matches"],
     )
+    return scene["root"] / name
 
 
 def query_names(scene: Dict) -> List[str]:
