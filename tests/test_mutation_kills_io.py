@@ -1,0 +1,161 @@
+"""hloc's text files (p2p_hloc.io.text): exact messages, line numbers and
+formats where the mutation run (tools/mutation.py) found them untested."""
+
+import numpy as np
+import pytest
+
+from p2p_hloc.io import (
+    PairsError,
+    canonical_name,
+    parse_pairs,
+    parse_queries,
+    parse_retrieval,
+    write_pairs,
+    write_poses,
+)
+from p2p_hloc.io.text import camera_models
+
+
+def test_canonical_names():
+    assert canonical_name("./a//b/./c.png") == "a/b/c.png"
+    assert canonical_name("a.png") == "a.png"
+    for name, message in (
+        ("/x/a.png", "'/x/a.png' is an absolute path (names are relative)"),
+        ("x/../a.png", "'x/../a.png' has a '..' component"),
+        ("././/", "'././/' names no file"),
+        ("", "'' names no file"),
+    ):
+        with pytest.raises(ValueError) as e:
+            canonical_name(name)
+        assert str(e.value) == message
+
+
+def test_pairs_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "pairs.txt"
+    for text, message in (
+        (
+            "a b\n\n# c\na b # x\n",
+            "4: a '#' comment must have a line of its own (hloc's pairs format "
+            "has no comments after the names): 'a b # x'",
+        ),
+        (
+            "a b\na b c\n",
+            "2: expected 'name0 name1', got 3 fields: 'a b c' (names with spaces "
+            "are not supported by hloc's pairs format)",
+        ),
+        ("a\n", "1: expected 'name0 name1', got 1 fields: 'a'"),
+        ("a b\n\n a /b\n", "3: '/b' is an absolute path (names are relative)"),
+    ):
+        path.write_text(text)
+        with pytest.raises(PairsError) as e:
+            parse_pairs(path)
+        assert str(e.value).startswith(f"{path}:{message}")
+
+
+def test_pairs_comments_and_blank_lines(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("\n  # a comment\na b # kept: a third field\n")
+    with pytest.raises(PairsError):
+        parse_pairs(path)
+    path.write_text("#x y\n\n   \n\ta\tb\t\nc d\n#\n")
+    assert parse_pairs(path) == [("a", "b"), ("c", "d")]
+
+
+def test_non_utf8_pairs_name_the_line_and_byte(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_bytes(b"a b\nc d\n\n\xe9 f\n")
+    with pytest.raises(PairsError) as e:
+        parse_pairs(path)
+    assert str(e.value) == (
+        f"{path}:4: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    )
+    path.write_bytes(b"\xffa b\n")
+    with pytest.raises(PairsError, match=r"pairs.txt:1: not UTF-8 text \(byte 0xff\)"):
+        parse_pairs(path)
+
+
+def test_non_canonical_names_are_counted(tmp_path, logs):
+    path = tmp_path / "pairs.txt"
+    path.write_text("a b\n./a b\nc d\nc x//y\n")
+    assert parse_pairs(path) == [("a", "b"), ("a", "b"), ("c", "d"), ("c", "x/y")]
+    assert "2 lines name images in non-canonical form" in logs.text
+    assert "(e.g. line 2: ./a b -> a b)" in logs.text
+
+
+def test_retrieval_keeps_the_file_order(tmp_path):
+    path = write_pairs(
+        tmp_path / "r.txt", [("q2", "b"), ("q1", "c"), ("q2", "a"), ("q1", "c")]
+    )
+    assert path.read_text() == "q2 b\nq1 c\nq2 a\nq1 c"
+    retrieval = parse_retrieval(path)
+    assert retrieval == {"q2": ["b", "a"], "q1": ["c", "c"]}
+    assert list(retrieval) == ["q2", "q1"] and type(retrieval) is dict
+
+
+def test_camera_models():
+    models = camera_models()
+    assert models["PINHOLE"] == "fx, fy, cx, cy"
+    assert "INVALID" not in models and len(models) > 10
+    assert camera_models() is models
+
+
+def test_queries(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text(
+        "  # name MODEL W H params\n\n q/a.png SIMPLE_PINHOLE 4 3 5 2 1.5 \n"
+        "b.png PINHOLE 1 1 1 2 0.5 0.5\n"
+    )
+    (a, cam), (b, cam_b) = parse_queries(path)
+    assert (a, b) == ("q/a.png", "b.png")
+    assert cam["model"] == "SIMPLE_PINHOLE" and (cam["width"], cam["height"]) == (4, 3)
+    assert cam["params"].dtype == np.float64 and cam["params"].tolist() == [5, 2, 1.5]
+    assert set(cam) == {"model", "width", "height", "params"}
+    assert (cam_b["width"], cam_b["height"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("q.png PINHOLE 4", "expected 'name MODEL W H params...': 'q.png PINHOLE 4'"),
+        (
+            "q.png PINHOLE 4 3 1 1 2 1.5 7",
+            "PINHOLE takes 4 finite parameters (fx, fy, cx, cy), got 5: "
+            "'q.png PINHOLE 4 3 1 1 2 1.5 7'",
+        ),
+        ("q.png PINHOLE 4 3 1 inf 2 1", "PINHOLE takes 4 finite parameters"),
+        ("q.png PINHOLE 4 0 1 1 2 1", "image size 4 x 0: 'q.png PINHOLE 4 0 1 1 2 1'"),
+        ("q.png PINHOLE -4 3 1 1 2 1", "image size -4 x 3"),
+        ("q.png PINHOLE 4 3 1 1 2 x", "could not convert string to float: 'x': "),
+        ("q.png pinhole 4 3 1 1 2 1", "unknown camera model 'pinhole' (pycolmap's "),
+    ],
+)
+def test_query_errors(tmp_path, line, message):
+    path = tmp_path / "q.txt"
+    path.write_text(f"a.png PINHOLE 4 3 1 1 2 1.5\n#\n{line}\n")
+    with pytest.raises(PairsError) as e:
+        parse_queries(path)
+    assert str(e.value).startswith(f"{path}:3: {message}")
+
+
+def test_unknown_model_lists_pycolmaps(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("q.png PINHOL 4 3 1 1 2 1\n")
+    with pytest.raises(PairsError) as e:
+        parse_queries(path)
+    assert str(e.value).endswith(f"(pycolmap's models: {', '.join(camera_models())})")
+
+
+def test_write_poses(tmp_path):
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    poses = {"query/day/a.jpg": (q, np.array([1, 2.5, -3])), "b.jpg": (q, np.zeros(3))}
+    path = write_poses(tmp_path / "r.txt", poses)
+    assert path == tmp_path / "r.txt"
+    assert path.read_text() == (
+        "a.jpg 1.0 0.0 0.0 0.0 1.0 2.5 -3.0\nb.jpg 1.0 0.0 0.0 0.0 0.0 0.0 0.0\n"
+    )
+    write_poses(path, poses, prepend_camera_name=True)
+    assert path.read_text().splitlines()[0].startswith("day/a.jpg 1.0 ")
+    assert path.read_text().splitlines()[1].startswith("b.jpg 1.0 ")
+    write_poses(path, {})
+    assert path.read_text() == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]

@@ -1,0 +1,292 @@
+"""triangulation on exact observations (helpers_exact): every 3D point, track,
+verified geometry and option checked where the mutation run
+(tools/mutation.py) found them untested."""
+
+import shutil
+
+import numpy as np
+import pycolmap
+import pytest
+from helpers_exact import exact_scene, match_ids
+
+from p2p_hloc import triangulation
+from p2p_hloc.console import InputError, run_cli
+from p2p_hloc.io import parse_pairs, write_matches, write_pairs
+from p2p_hloc.triangulation import (
+    MODEL_FILES,
+    TriangulationError,
+    colmap_log,
+    epipolar_inliers,
+    move_model,
+    parse_option_args,
+    read_pair_matches,
+)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return exact_scene(tmp_path_factory.mktemp("exact_tri"))
+
+
+def run(scene, name, pairs=None, **kw):
+    return triangulation.main(
+        scene["root"] / name,
+        scene["reference"],
+        scene["images"],
+        pairs or scene["pairs_db"],
+        kw.pop("features", scene["features"]),
+        kw.pop("matches", scene["matches"]),
+        **kw,
+    )
+
+
+def check_points(scene, rec):
+    """Every 3D point is a true point, and every observation of it is a
+    keypoint of that point."""
+    ids = {name: i for name, (_, i) in scene["keypoints"].items()}
+    for p in rec.points3D.values():
+        true = {
+            int(ids[rec.images[e.image_id].name][e.point2D_idx])
+            for e in p.track.elements
+        }
+        assert len(true) == 1
+        np.testing.assert_allclose(p.xyz, scene["points"][true.pop()], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode", ["poses", "skip_geometric_verification", "estimate_two_view_geometries"]
+)
+def test_exact_points(scene, mode):
+    kw = {} if mode == "poses" else {mode: True}
+    rec = run(scene, f"sfm_{mode}", max_epipolar_error=0.01, **kw)
+    assert rec.num_points3D() > 350  # of 400, some seen by one image only
+    check_points(scene, rec)
+    on_disk = pycolmap.Reconstruction(scene["root"] / f"sfm_{mode}")
+    assert on_disk.num_points3D() == rec.num_points3D()
+    assert not (scene["root"] / f"sfm_{mode}" / "triangulation.tmp").exists()
+    with pycolmap.Database.open(scene["root"] / f"sfm_{mode}" / "database.db") as db:
+        pairs, geometries = db.read_two_view_geometries()
+        num_matches = dict(zip(*db.read_all_matches()))
+    matched = {
+        frozenset(p)
+        for p in parse_pairs(scene["pairs_db"])
+        if (match_ids(*(scene["keypoints"][n][1] for n in p))[0] > -1).any()
+    }
+    assert len(pairs) == len(matched)  # each pair with matches, once
+    if mode != "estimate_two_view_geometries":
+        # exact observations: every match within 0.01 px of its epipolar line
+        assert {g.config for g in geometries} == {
+            pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+        }
+        for p, g in zip(pairs, geometries):
+            assert len(g.inlier_matches) == len(num_matches[p]) > 0
+
+
+def test_options_reach_pycolmap(scene):
+    """A mapper option that forbids every point: none is made."""
+    options = {"triangulation": {"min_angle": 179.0}}
+    with pytest.raises(TriangulationError) as e:
+        run(scene, "sfm_none", mapper_options=options)
+    db = scene["root"] / "sfm_none" / "database.db"
+    assert str(e.value) == (
+        f"triangulation produced no 3D points (see {db}): check that the "
+        "matches are correct and that the pairs overlap"
+    )
+    assert not (scene["root"] / "sfm_none" / "points3D.bin").exists()
+
+
+def test_min_match_score_and_pair_order(scene, tmp_path, logs):
+    """Scores not above min_match_score are dropped; a pair listed twice (in
+    either order) or with itself is read once; skipped pairs are counted."""
+    (a, b), (c, d) = parse_pairs(scene["pairs_db"])[:2]
+    matches = tmp_path / "m.h5"
+    shutil.copy(scene["matches"], matches)
+    m0 = -np.ones(len(scene["keypoints"][a][0]), int)
+    m0[:4] = [0, 1, 2, 3]
+    write_matches(matches, a, b, m0, np.r_[0.5, 0.6, 0.7, 0.8, np.zeros(len(m0) - 4)])
+    pairs = write_pairs(
+        tmp_path / "p.txt", [(a, b), (b, a), (a, a), (c, d), (a, "db/x.png"), (c, a)]
+    )
+    ids = {n: i for i, n in enumerate(sorted(scene["keypoints"]), 1)}
+    out = read_pair_matches(ids, pairs, matches, min_match_score=0.6)
+    assert {(a, b), (c, d)} <= set(out) and not {(b, a), (a, a)} & set(out)
+    np.testing.assert_array_equal(out[a, b], [[2, 2], [3, 3]])
+    assert len(read_pair_matches(ids, pairs, matches)[a, b]) == 4
+    assert "Skipped 1 pairs naming images absent from the model" in logs.text
+    with pytest.raises(TriangulationError) as e:
+        read_pair_matches(ids, pairs, matches, min_match_score=1.0)
+    assert str(e.value) == f"no pair of {pairs} has matches between model images"
+    assert f"pairs with no matches in {matches}, e.g. ('{a}', '{b}')" in logs.text
+
+
+def test_images_without_keypoints_get_no_points(scene, tmp_path, logs):
+    import h5py
+
+    features = tmp_path / "f.h5"
+    shutil.copy(scene["features"], features)
+    with h5py.File(features, "a") as f:
+        del f["db/001.png"]
+    rec = run(scene, "sfm_missing", features=features)
+    assert (
+        "1 images have no keypoints in" in logs.text
+        and "(e.g. db/001.png)" in logs.text
+    )
+    assert "absent from the model or without keypoints" in logs.text
+    image = rec.find_image_with_name("db/001.png")
+    assert image.num_points3D == 0 and len(image.points2D) == 0
+    check_points(scene, rec)
+
+
+def test_inputs_and_existing_models(scene, tmp_path, logs):
+    for key in ("reference_model", "image_dir", "pairs", "features", "matches"):
+        args = dict(
+            sfm_dir=tmp_path / "sfm",
+            reference_model=scene["reference"],
+            image_dir=scene["images"],
+            pairs=scene["pairs_db"],
+            features=scene["features"],
+            matches=scene["matches"],
+        )
+        args[key] = tmp_path / "nowhere"
+        with pytest.raises(FileNotFoundError) as e:
+            triangulation.main(**args)
+        assert str(e.value) == f"input of the triangulation not found: {args[key]}"
+    assert not (tmp_path / "sfm").exists()
+    first = run(scene, "sfm_kept")
+    path = scene["root"] / "sfm_kept"
+    (path / "marker").write_text("")
+    again = run(scene, "sfm_kept", pairs=tmp_path / "nowhere")  # not even read
+    assert "Triangulated model exists" in logs.text
+    assert again.num_points3D() == first.num_points3D()
+    (path / "points3D.bin").unlink()  # incomplete: triangulated again
+    assert run(scene, "sfm_kept").num_points3D() == first.num_points3D()
+    pairs = write_pairs(tmp_path / "p.txt", parse_pairs(scene["pairs_db"])[:3])
+    fewer = run(scene, "sfm_kept", pairs=pairs, overwrite=True)
+    assert 0 < fewer.num_points3D() < first.num_points3D()
+    assert pycolmap.Reconstruction(path).num_points3D() == fewer.num_points3D()
+
+
+def test_epipolar_inliers_in_pixels(scene):
+    """Against the distances to the epipolar lines computed in pixels with
+    the fundamental matrix: inlier iff both are within max_error."""
+    rec = pycolmap.Reconstruction(scene["reference"])
+    im0, im1 = (rec.find_image_with_name(f"db/00{i}.png") for i in (0, 1))
+    cam0, cam1 = rec.cameras[im0.camera_id], rec.cameras[im1.camera_id]
+    rng = np.random.default_rng(0)
+    kp0 = rng.uniform([0, 0], [480, 360], (200, 2))
+    kp1 = rng.uniform([0, 0], [480, 360], (200, 2))
+    rel = im1.cam_from_world() * im0.cam_from_world().inverse()
+    t = rel.translation
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    F = (
+        np.linalg.inv(cam1.calibration_matrix()).T
+        @ E
+        @ rel.rotation.matrix()
+        @ np.linalg.inv(cam0.calibration_matrix())
+    )
+    x0, x1 = np.c_[kp0, np.ones(200)], np.c_[kp1, np.ones(200)]
+    line1, line0 = x0 @ F.T, x1 @ F
+    err = np.abs(np.sum(x1 * line1, -1))
+    d1 = err / np.linalg.norm(line1[:, :2], axis=-1)
+    d0 = err / np.linalg.norm(line0[:, :2], axis=-1)
+    for max_error in (2.0, 20.0, 60.0):
+        mask = epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1, max_error)
+        np.testing.assert_array_equal(mask, (d0 <= max_error) & (d1 <= max_error))
+        assert 0 < mask.sum() < 200 or max_error == 2.0
+    # the default threshold is 4 px
+    default = epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1)
+    np.testing.assert_array_equal(default, (d0 <= 4) & (d1 <= 4))
+    assert ((d0 <= 60) != (d1 <= 60)).any()  # the two images disagree somewhere
+
+
+def test_parse_option_args():
+    defaults = pycolmap.IncrementalPipelineOptions()
+    assert parse_option_args(
+        [
+            "min_num_matches=20",
+            "triangulation.min_angle=3",
+            "triangulation.ignore_two_view_tracks=False",
+        ],
+        defaults,
+    ) == {
+        "min_num_matches": 20,
+        "triangulation": {"min_angle": 3.0, "ignore_two_view_tracks": False},
+    }
+    assert parse_option_args([], defaults) == {}
+    assert isinstance(
+        parse_option_args(["triangulation.min_angle=3"], defaults)["triangulation"][
+            "min_angle"
+        ],
+        float,
+    )
+    for arg, message in (
+        ("min_num_matches", "options are key=value pairs, not 'min_num_matches'"),
+        ("nope=1", "unknown option 'nope' of IncrementalPipelineOptions"),
+        ("nope.min_angle=1", "unknown option 'nope.min_angle' of Incremental"),
+        ("triangulation.nope=1", "unknown option 'triangulation.nope' of Incremental"),
+        ("min_num_matches=2.5", "option 'min_num_matches' must be int, not 2.5"),
+        ("min_num_matches=x", "option 'min_num_matches' must be int, not 'x'"),
+    ):
+        with pytest.raises(InputError) as e:
+            parse_option_args([arg], defaults)
+        assert str(e.value).startswith(message)
+
+
+def test_colmap_log_level():
+    before = pycolmap.logging.minloglevel
+    with colmap_log(False):
+        assert pycolmap.logging.minloglevel == int(pycolmap.logging.WARNING)
+    assert pycolmap.logging.minloglevel == before
+    pycolmap.logging.minloglevel = pycolmap.logging.INFO
+    try:
+        with colmap_log(True):
+            assert pycolmap.logging.minloglevel == int(pycolmap.logging.INFO)
+        with pytest.raises(KeyError):
+            with colmap_log(False):
+                raise KeyError
+        assert pycolmap.logging.minloglevel == int(pycolmap.logging.INFO)
+    finally:
+        pycolmap.logging.minloglevel = before
+
+
+def test_move_model(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    for f in MODEL_FILES:
+        (src / f).write_text(f"new {f}")
+    (dst / "points3D.bin").write_text("stale")
+    move_model(src, dst)
+    assert [(dst / f).read_text() for f in MODEL_FILES] == [
+        f"new {f}" for f in MODEL_FILES
+    ]
+    assert not list(src.iterdir()) and triangulation.model_exists(dst)
+    (dst / "frames.bin").unlink()
+    assert not triangulation.model_exists(dst)
+
+
+def test_command_line(scene, capsys, caplog):
+    args = ["--sfm_dir", str(scene["root"] / "sfm_cli")]
+    args += ["--reference_model", str(scene["reference"])]
+    args += ["--image_dir", str(scene["images"]), "--pairs", str(scene["pairs_db"])]
+    args += ["--features", str(scene["features"]), "--matches", str(scene["matches"])]
+    p = triangulation.parser()
+    argv = args + ["--mapper_options", "triangulation.min_angle=179.0"]
+    assert run_cli(p, triangulation.run, argv) == 1  # no point: not an input error
+    assert "triangulation produced no 3D points" in capsys.readouterr().err
+    argv = args + ["--overwrite", "--max_epipolar_error", "0.01", "--verbose"]
+    assert run_cli(triangulation.parser(), triangulation.run, argv) == 0
+    check_points(scene, pycolmap.Reconstruction(scene["root"] / "sfm_cli"))
+    argv = args + ["--mapper_options", "min_angle=1"]
+    assert run_cli(triangulation.parser(), triangulation.run, argv) == 2
+    assert "unknown option 'min_angle'" in capsys.readouterr().err
+    ns = triangulation.parser().parse_args(args)
+    assert (ns.mapper_options, ns.max_epipolar_error, ns.min_match_score) == (
+        [],
+        4.0,
+        None,
+    )
+    assert not (ns.overwrite or ns.verbose or ns.skip_geometric_verification)
+    assert not ns.estimate_two_view_geometries
+    for i in range(0, len(args), 2):
+        with pytest.raises(SystemExit):
+            triangulation.parser().parse_args(args[:i] + args[i + 2 :])
