@@ -8,7 +8,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import logger
-from .console import InputError, add_debug_flag, run_cli
+from .console import InputError, add_argument, add_debug_flag, add_model_args, run_cli
 from .runtime import tune_malloc
 from .weights import DEFAULT, OFFICIAL
 
@@ -78,27 +78,23 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("match", help="match two images, write an npz")
     m.add_argument("image0", type=Path)
     m.add_argument("image1", type=Path)
-    m.add_argument(
-        "--weights", type=Path, help="checkpoint (default: the cached official file)"
-    )
     m.add_argument("--imsize", type=int, default=1024, help="larger side; <= 0: native")
     m.add_argument("--threshold", type=float, default=0.25, help="keep score > T")
-    m.add_argument("--coarse-only", action="store_true", help="NCNet proposals only")
-    m.add_argument(
+    add_argument(
+        m,
+        "--coarse_only",
+        "--coarse-only",
+        action="store_true",
+        help="NCNet proposals only",
+    )
+    add_argument(
+        m,
+        "--keep_all_if_none",
         "--keep-all-if-none",
         action="store_true",
         help="the official rule: when no match passes the threshold, return all",
     )
-    m.add_argument(
-        "--device", default=None, help="cpu or cuda (default: cuda if available)"
-    )
-    m.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="regressor precision: fp32 (default, official results), opt-in "
-        "bf16 (CPUs with bf16, GPUs) or fp16 (GPUs); docs/performance.md",
-    )
+    add_model_args(m)
     m.add_argument("--out", type=Path, required=True, help="output .npz")
     m.add_argument("--plot", type=Path, help="save a match plot (png)")
     m.set_defaults(func=cmd_match)

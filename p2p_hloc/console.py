@@ -5,6 +5,7 @@ for an error in the input, 1 for anything else. Imports no torch."""
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import logger
@@ -40,6 +41,24 @@ def add_argument(
     kwargs.pop("help", None)
     for alias in aliases:
         target.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--weights``, ``--device``, ``--precision``: how the model runs, the same
+    in every command that runs one."""
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="Patch2Pix checkpoint (default: the cached official file)",
+    )
+    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="regressor precision: fp32 (default, the official results), opt-in "
+        "bf16 (CPUs with bf16, GPUs) or fp16 (GPUs); docs/performance.md",
+    )
 
 
 def _input_errors() -> tuple:

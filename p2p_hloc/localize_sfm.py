@@ -35,6 +35,7 @@ from .io import (
     get_raw_matches,
     parse_queries,
     parse_retrieval,
+    read_model,
     write_poses,
 )
 from .quantize import assign_fixed
@@ -350,7 +351,7 @@ def main(
     check_writable(results)
     rec = reference_sfm
     if not isinstance(rec, pycolmap.Reconstruction):
-        rec = pycolmap.Reconstruction(reference_sfm)
+        rec = read_model(reference_sfm)
     if rec.num_points3D() == 0:
         raise ValueError(
             f"reference model {reference_sfm} has no 3D points: triangulate first"

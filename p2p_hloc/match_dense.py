@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from . import logger
 from .confs import confs
-from .console import InputError, run_cli
+from .console import InputError, add_model_args, run_cli
 
 PathOrPaths = Union[Path, List[Path]]
 
@@ -128,18 +128,6 @@ def max_kps_arg(value: str) -> Optional[int]:
     if n <= 0:
         raise argparse.ArgumentTypeError("max_kps must be positive (or none)")
     return n
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--weights``, ``--device``, ``--precision``: how the model runs."""
-    p.add_argument("--weights", type=Path, help="Patch2Pix checkpoint")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="Patch2Pix regressor precision (default: %(default)s)",
-    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ import torch
 
 from . import logger
 from .confs import confs
-from .console import InputError, run_cli
+from .console import InputError, add_model_args, run_cli
 from .executors import EXECUTORS, run_pairs
 from .io import list_h5_names, names_to_pair, parse_pairs
 from .io.lock import file_lock
@@ -107,8 +107,6 @@ def done_pairs(matches: Path, pairs: Sequence[Pair]) -> set:
         for n0, n1 in pairs
         if names_to_pair(n0, n1) in keys or names_to_pair(n1, n0) in keys
     }
-
-
 
 
 @holding_run_lock
@@ -276,7 +274,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export_dir", type=Path)
     p.add_argument("--features", type=Path)
     p.add_argument("--matches", type=Path)
-    p.add_argument("--weights", type=Path)
     p.add_argument("--features_ref", type=Path, nargs="+")
     p.add_argument(
         "--proposals",
@@ -309,13 +306,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute the raw matches of a stopped run made with other settings",
     )
-    p.add_argument("--device", help="where the model runs (default: cuda if any)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="Patch2Pix regressor precision (see with_precision)",
-    )
+    add_model_args(p)
     return p
 
 

@@ -17,7 +17,7 @@ import pycolmap
 from tqdm import tqdm
 
 from .console import run_cli
-from .io import write_pairs
+from .io import read_model, write_pairs
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -52,7 +52,7 @@ def main(model: Path, output: Path, num_matched: int) -> Path:
     ``output`` (hloc's pairs format) and return it."""
     if not Path(model).is_dir():
         raise FileNotFoundError(f"COLMAP model not found: {model}")
-    pairs = covisible_pairs(pycolmap.Reconstruction(model), num_matched)
+    pairs = covisible_pairs(read_model(model), num_matched)
     logger.info("Found %d pairs.", len(pairs))
     return write_pairs(Path(output), pairs)
 

@@ -22,7 +22,14 @@ import pycolmap
 from tqdm import tqdm
 
 from .console import InputError, add_argument, run_cli
-from .io import H5Error, from_hloc_coords, get_keypoints, get_matches, parse_pairs
+from .io import (
+    H5Error,
+    from_hloc_coords,
+    get_keypoints,
+    get_matches,
+    parse_pairs,
+    read_model,
+)
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -312,7 +319,7 @@ def main(
             raise FileNotFoundError(f"input of the triangulation not found: {p}")
     sfm_dir.mkdir(parents=True, exist_ok=True)
     database = sfm_dir / "database.db"
-    reference = pycolmap.Reconstruction(reference_model)
+    reference = read_model(reference_model)
     image_ids = create_db_from_model(reference, database)
     image_ids = import_features(image_ids, database, features)
     pair_matches = read_pair_matches(image_ids, pairs, matches, min_match_score)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from .console import InputError, run_cli
 from .eval.poses import pose_error, qvec_to_matrix, read_poses
-from .io import from_hloc_coords, get_keypoints, get_matches
+from .io import from_hloc_coords, get_keypoints, get_matches, read_model
 
 logger = logging.getLogger("p2p_hloc")
 
@@ -270,7 +270,7 @@ def main(
     else:
         chosen = select_queries(rows, num_queries, selection)
     if reference_sfm is not None:
-        reconstruction = pycolmap.Reconstruction(reference_sfm)
+        reconstruction = read_model(reference_sfm)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, query in enumerate(chosen):

@@ -34,8 +34,7 @@ from p2p_hloc import (
     visualize,
 )
 from p2p_hloc.confs import confs
-from p2p_hloc.console import run_cli
-from p2p_hloc.match_dense import add_model_args
+from p2p_hloc.console import add_model_args, run_cli
 from p2p_hloc.match_pairs import with_precision
 
 QUERIES = "queries/*_time_queries_with_intrinsics.txt"

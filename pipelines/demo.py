@@ -28,9 +28,8 @@ from p2p_hloc import (
     visualize,
 )
 from p2p_hloc.confs import confs
-from p2p_hloc.console import run_cli
+from p2p_hloc.console import add_model_args, run_cli
 from p2p_hloc.eval import poses as pose_eval
-from p2p_hloc.match_dense import add_model_args
 from p2p_hloc.match_pairs import with_precision
 from p2p_hloc.synthetic import generate_scene
 from p2p_hloc.weights import WeightsNotFoundError, get_weights

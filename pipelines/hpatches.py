@@ -12,10 +12,9 @@ from typing import Dict, Optional, Sequence
 
 from p2p_hloc import logger, tune_malloc
 from p2p_hloc.confs import confs
-from p2p_hloc.console import add_argument, run_cli
+from p2p_hloc.console import add_argument, add_model_args, run_cli
 from p2p_hloc.eval import hpatches as hp
 from p2p_hloc.eval.homography import SOLVERS
-from p2p_hloc.match_dense import add_model_args
 from p2p_hloc.match_pairs import with_precision
 from p2p_hloc.matchers import build_matcher
 

@@ -17,6 +17,13 @@ LIGHT = [
     "p2p_hloc.localize_inloc",
     "p2p_hloc.colmap_from_nvm",
     "p2p_hloc.reconstruction",
+    "p2p_hloc.match_dense",
+    "p2p_hloc.pairs_from_covisibility",
+    "p2p_hloc.visualize",
+    "p2p_hloc.synthetic",
+    "p2p_hloc.synthetic_layouts",
+    "p2p_hloc.eval.poses",
+    "p2p_hloc.eval.hpatches",
 ]
 
 

@@ -2,6 +2,7 @@
 in the benchmarks' layouts (SIFT proposals: no weights), each query checked
 against its ground truth, the results file against the submission format."""
 
+import argparse
 import importlib
 import inspect
 import pickle
@@ -231,16 +232,29 @@ def test_one_spelling_for_flags():
     """hloc's snake_case flags in every command of the steps and pipelines,
     --device/--precision wherever a model runs, old spellings hidden."""
     from p2p_hloc import (
+        cli,
         colmap_from_nvm,
+        localize_inloc,
+        localize_sfm,
         match_dense,
+        match_pairs,
         pairs_from_covisibility,
         reconstruction,
         synthetic_layouts,
         triangulation,
     )
+    from p2p_hloc.quantize import step as quantize_step
     from pipelines import demo, hpatches
 
+    commands = next(
+        a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
     parsers = {
+        "p2p-hloc match": commands.choices["match"],
+        "match_pairs": match_pairs.parser(),
+        "quantize": quantize_step.parser(),
+        "localize_sfm": localize_sfm.parser(),
+        "localize_inloc": localize_inloc.parser(),
         "match_dense": match_dense.parser(),
         "triangulation": triangulation.parser(),
         "reconstruction": reconstruction.parser(),
@@ -254,9 +268,18 @@ def test_one_spelling_for_flags():
         "hpatches": hpatches.parser(),
     }
     for name, p in parsers.items():
-        flags = [f for a in p._actions for f in a.option_strings if f.startswith("--")]
+        shown = [a for a in p._actions if a.help != argparse.SUPPRESS]
+        flags = [f for a in shown for f in a.option_strings if f.startswith("--")]
         assert all("-" not in f[2:] for f in flags), (name, flags)
-        if name in ("match_dense", "aachen", "inloc", "demo", "hpatches"):
+        if name in (
+            "p2p-hloc match",
+            "match_pairs",
+            "match_dense",
+            "aachen",
+            "inloc",
+            "demo",
+            "hpatches",
+        ):
             assert {"--device", "--precision", "--weights"} <= set(flags), name
     help_text = triangulation.parser().format_help()
     assert "--reference_sfm_model" in help_text and "--reference_model" not in help_text
@@ -265,3 +288,7 @@ def test_one_spelling_for_flags():
     )
     assert args.ransac_thresh == 3.0
     assert "--ransac_threshold" not in hpatches.parser().format_help()
+    old = commands.choices["match"].parse_args(
+        ["a", "b", "--out", "o", "--coarse-only"]
+    )
+    assert old.coarse_only and not old.keep_all_if_none

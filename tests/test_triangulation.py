@@ -143,3 +143,20 @@ def test_cli_with_hlocs_flag_and_the_old_one(data, flag):
     assert pycolmap.Reconstruction(sfm_dir).num_points3D() > 200
     bad = argv[:-2] + ["no_such_option=1"]
     assert run_cli(triangulation.parser(), triangulation.run, bad) == 2
+
+
+def test_garbage_reference_model_names_the_folder(data, tmp_path, capsys):
+    """Model files pycolmap cannot parse: one error line naming the folder,
+    exit 2, and no output folder left half-made."""
+    garbage = tmp_path / "garbage_model"
+    garbage.mkdir()
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        (garbage / name).write_bytes(b"not a COLMAP file")
+    sfm_dir = tmp_path / "sfm"
+    argv = ["--sfm_dir", str(sfm_dir), "--reference_sfm_model", str(garbage)]
+    argv += ["--image_dir", str(data["images"]), "--pairs", str(data["pairs_db"])]
+    argv += ["--features", str(data["features"]), "--matches", str(data["matches"])]
+    assert run_cli(triangulation.parser(), triangulation.run, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(garbage) in err[0], err
+    assert not (sfm_dir / "database.db").exists()

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..console import InputError
 from . import homography as hom
 
 logger = logging.getLogger("p2p_hloc")
@@ -67,7 +68,7 @@ H_THRESHOLDS = (1, 3, 5, 10)
 MatchFn = Callable[[Path, Path], Dict[str, np.ndarray]]
 
 
-class HPatchesError(ValueError):
+class HPatchesError(InputError):
     """A malformed HPatches folder."""
 
 

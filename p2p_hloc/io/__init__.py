@@ -1,5 +1,6 @@
 """hloc's file formats: the only place that knows their layout and conventions."""
 
+from .colmap import ModelError, read_model  # noqa: F401
 from .h5 import (  # noqa: F401
     H5Error,
     find_pair,
