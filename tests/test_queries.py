@@ -25,6 +25,16 @@ def test_valid_lines(tmp_path):
     assert len(cam2["params"]) == 4
 
 
+def test_names_read_as_the_pairs_files_read_them(tmp_path):
+    """``./query//q.png`` is the image the pairs files call ``query/q.png``."""
+    path = tmp_path / "q.txt"
+    path.write_text("./query//q.png PINHOLE 480 360 373.3 373.3 240 180\n")
+    assert parse_queries(path)[0][0] == "query/q.png"
+    path.write_bytes(b"q\xe9.png PINHOLE 480 360 373.3 373.3 240 180\n")
+    with pytest.raises(PairsError, match=f"{path}:1: not UTF-8"):
+        parse_queries(path)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
@@ -35,6 +45,8 @@ def test_valid_lines(tmp_path):
         ("q.png PINHOLE 480.5 360 1 1 240 180", "invalid literal"),
         ("q.png PINHOLE 0 360 1 1 240 180", "image size 0 x 360"),
         ("q.png PINHOLE 480", "expected 'name MODEL W H params...'"),
+        ("../q.png PINHOLE 480 360 1 1 240 180", "has a '..' component"),
+        ("/q.png PINHOLE 480 360 1 1 240 180", "is an absolute path"),
     ],
 )
 def test_bad_lines_name_file_and_line(tmp_path, line, message):

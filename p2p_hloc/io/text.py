@@ -129,9 +129,10 @@ def parse_queries(path: Path) -> List[Tuple[str, Dict]]:
     Blank lines and ``#`` comments are skipped. The model must be one of
     pycolmap's (``camera_models``) with its number of parameters, the size
     positive and the parameters finite; otherwise an error names the file and
-    line."""
+    line. Names are returned in canonical form (``canonical_name``), as the
+    pairs files' are, so that the two agree."""
     queries = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(_lines(path), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -158,8 +159,12 @@ def parse_queries(path: Path) -> List[Tuple[str, Dict]]:
                 f"{where}: {f[1]} takes {len(info.split(','))} finite parameters "
                 f"({info}), got {len(params)}: {line!r}"
             )
+        try:
+            name = canonical_name(f[0])
+        except ValueError as e:
+            raise PairsError(f"{where}: {e}") from e
         queries.append(
-            (f[0], dict(model=f[1], width=width, height=height, params=params))
+            (name, dict(model=f[1], width=width, height=height, params=params))
         )
     return queries
 
