@@ -27,7 +27,7 @@ from .io.h5 import H5Error, open_h5
 from .io.raw import RawMatches, RawMatchesError
 from .matchers.refine import Refined
 from .preprocess import ImageError
-from .weights import OFFICIAL, get_weights, sha256sum
+from .weights import resolve, sha256sum
 
 Pair = Tuple[str, str]
 
@@ -140,7 +140,7 @@ def weights_files(conf: Dict, weights: Optional[Path]) -> Dict[str, Path]:
             continue
         if weights is not None and part == ("refine" if parts["refine"] else "model"):
             name = weights
-        files[part] = get_weights(name) if name in OFFICIAL else get_weights(path=name)
+        files[part] = resolve(name)
     return files
 
 

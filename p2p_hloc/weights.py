@@ -86,6 +86,13 @@ def get_weights(name: str = DEFAULT, path: Optional[Union[str, Path]] = None) ->
     )
 
 
+def resolve(name_or_path: Union[str, Path]) -> Path:
+    """An official checkpoint's name (looked up in the cache) or a file path."""
+    if str(name_or_path) in OFFICIAL:
+        return get_weights(str(name_or_path))
+    return get_weights(path=name_or_path)
+
+
 def sha256sum(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

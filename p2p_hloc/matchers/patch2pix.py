@@ -19,10 +19,10 @@ def load_network(
 ) -> Patch2Pix:
     """The network from ``weights`` if given, else from ``name``: an official
     file name (looked up by ``p2p_hloc.weights``) or a path."""
-    from ..weights import OFFICIAL, get_weights
+    from ..weights import resolve
 
     if weights is None:
-        weights = get_weights(name) if name in OFFICIAL else get_weights(path=name)
+        weights = resolve(name)
     return load_model(weights, default_device(device), coarse_only=coarse_only)
 
 
