@@ -15,7 +15,8 @@ images), ``correlation`` (corr+pool), ``consensus`` (nc), ``extract_matches``
 (extract) and the two regressors' ``refine`` (mid, fine). ``cpu`` is the
 process CPU time of the call (all threads) and ``load`` the 1-minute load
 average when the configuration started: on a shared machine, compare runs of
-similar load only.
+similar load only. Ratios to the official code are measured in the same run
+by ``side_by_side.py``, never against a stored time.
 """
 
 import argparse
@@ -41,9 +42,6 @@ from p2p_hloc.preprocess import load_image  # noqa: E402
 
 GOLDEN = Path(os.environ.get("P2P_GOLDEN", ROOT.parent / "shared" / "golden"))
 STAGES = ["backbone", "corr+pool", "nc", "extract", "mid", "fine", "total", "cpu"]
-# The official implementation on the development CPU (2 cores, fp32; golden
-# README, 8.9-10.5 s at 640; issue 6, 16.5 s at 1024): seconds per pair.
-OFFICIAL = {640: 9.7, 1024: 16.5}
 
 
 def make_pair(size: int, folder: Path) -> List[Path]:
@@ -130,15 +128,13 @@ def worker(size: int, precision: str, device: str, repeats: int, folder: Path) -
 
 def table(rows: List[dict]) -> str:
     mem = "gpu_mb" if any("gpu_mb" in r for r in rows) else "rss_mb"
-    head = ["size", "prec", "N"] + STAGES + [mem, "load", "x_offic"]
+    head = ["size", "prec", "N"] + STAGES + [mem, "load"]
     lines = [" ".join(f"{h:>9}" for h in head)]
     for r in rows:
-        official = OFFICIAL.get(int(r["size"].split("x")[0]))
         vals = [r["size"], r["precision"], r["proposals"]]
         vals += [f"{r[s]:.2f}" for s in STAGES] + [
             f"{r.get(mem, 0):.0f}",
             f"{r['load']:.1f}",
-            f"{official / r['total']:.1f}" if official else "-",
         ]
         lines.append(" ".join(f"{v:>9}" for v in vals))
     return "\n".join(lines)
@@ -184,8 +180,7 @@ def main() -> None:
                 print(f"done {size} {precision}", file=sys.stderr)
     print(
         f"device: {rows[0]['device'] if rows else args.device}; "
-        "seconds per pair (medians); "
-        "x_offic: speed-up over the official CPU time (640: 9.7 s, 1024: 16.5 s)"
+        "seconds per pair (medians); ratios to the official code: side_by_side.py"
     )
     print(table(rows))
     if args.json:

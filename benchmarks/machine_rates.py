@@ -36,6 +36,7 @@ from p2p_hloc.model.backbone import ResNet34Features  # noqa: E402
 from p2p_hloc.model.ncnet import NeighConsensus  # noqa: E402
 from p2p_hloc.model.ops import matmul_nt  # noqa: E402
 from p2p_hloc.model.patch2pix import Patch2Pix  # noqa: E402
+from p2p_hloc.model.regressor import FeatRegressNet  # noqa: E402
 
 PSIZE = 16  # regressor patch side
 CONV_DIM = 512  # regressor conv channels
@@ -242,7 +243,7 @@ def main() -> None:
     print(" | ".join(f"{k} {v}" for k, v in facts.items()))
     rows = []
     with torch.no_grad():
-        for group, name, (fn, flop) in cases(Patch2Pix.regr_batch):
+        for group, name, (fn, flop) in cases(FeatRegressNet.chunk):
             r = rate(fn, flop, args.repeats, clock)
             rows.append({"group": group, "name": name, "gflop": flop / 1e9, **r})
             print(

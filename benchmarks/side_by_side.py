@@ -17,15 +17,16 @@ every process through ``OMP_NUM_THREADS``, and to the official runners as
 Images of ``b`` and ``c`` are views of the textured room of
 ``p2p_hloc.synthetic`` (JPEG). Each run records wall and CPU seconds (user +
 system, the process and its children), the peak RSS of its largest process
-(``ru_maxrss``), the peak PSS of its process tree (sampled every 0.2 s: the
+(``ru_maxrss``), the peak PSS of its process tree (sampled every second: the
 DataLoader workers count) and the 1-minute load average before and after:
 the machine may be shared, compare ratios measured under similar load.
 
 The official code comes from ``--official DIR`` or ``$P2P_OFFICIAL`` and runs
 through ``../shared/official-bench``; without it only our figures are
 printed. ``--baseline DIR`` (a checkout of this project, e.g. ``git worktree
-add ../base main``) runs our commands once more from there and checks that
-the outputs are equal. ``--stages`` adds the per-stage table
+add ../base main``) runs our commands from there too, alternated with ours in
+every repeat, prints the before/after medians and checks that the outputs are
+equal. ``--stages`` adds the per-stage table
 (``stage_times.py``) and ``--rates`` the machine's GEMM and conv rates
 (``machine_rates.py``), both in the same session. Usage::
 
@@ -124,7 +125,7 @@ def _pss_kb(pid: int) -> int:
 class TreePeak(threading.Thread):
     """Peak of the summed PSS of a process and its descendants (sampled)."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 1.0):
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak_kb = pid, interval, 0
         self.done = threading.Event()
@@ -333,17 +334,24 @@ def run_workload(
 ) -> dict:
     queries, db, target = WORKLOADS[name]
     pairs = queries * db
-    runs: Dict[str, List[dict]] = {"official": [], "ours": []}
+    runs: Dict[str, List[dict]] = {"official": [], "ours": [], "baseline": []}
+    envs = {"official": env, "ours": env}
+    if args.baseline:
+        envs["baseline"] = {**env, "PYTHONPATH": str(args.baseline)}
     for rep in range(args.repeats):
         out = work / f"{name}{rep}"
         out.mkdir(parents=True, exist_ok=True)
         cmds = commands(name, data, out, args.official, threads, args.official_pairs)
-        order = ["official", "ours"] if rep % 2 == 0 else ["ours", "official"]
-        for impl in order:
+        if args.baseline:
+            base = out / "baseline"
+            cmds["baseline"] = commands(name, data, base, None, threads, None)["ours"]
+            base.mkdir(parents=True, exist_ok=True)
+        order = ["official", "ours", "baseline"]
+        for impl in order if rep % 2 == 0 else order[::-1]:
             if impl not in cmds:
                 continue
             log = out / f"{impl}.log"
-            r = run_process(cmds[impl], env, log)
+            r = run_process(cmds[impl], envs[impl], log)
             if impl == "official" and name != "a" and args.official_pairs:
                 n, loop = official_loop_seconds(log)
                 r["measured_pairs"], r["wall_measured"] = n, r["wall"]
@@ -372,15 +380,12 @@ def run_workload(
                 last / "ours.npz", last / "official.npz"
             )
     if args.baseline:
-        base_env = {**env, "PYTHONPATH": str(args.baseline)}
-        out = work / f"{name}-baseline"
-        out.mkdir(parents=True, exist_ok=True)
-        cmd = commands(name, data, out, None, threads, None)["ours"]
-        res["baseline"] = run_process(cmd, base_env, out / "ours.log")
+        base = last / "baseline"
+        res["before_after"] = res["baseline"]["wall"] / res["ours"]["wall"]
         if name == "a":
-            res["vs_baseline"] = compare_npz(last / "ours.npz", out / "ours.npz")
+            res["vs_baseline"] = compare_npz(last / "ours.npz", base / "ours.npz")
         else:
-            res["vs_baseline"] = compare_h5_dirs(last / "ours", out / "ours")
+            res["vs_baseline"] = compare_h5_dirs(last / "ours", base / "ours")
     return res
 
 
@@ -571,16 +576,42 @@ def workload_table(results: dict, size: Tuple[int, int]) -> List[str]:
         if "vs_official" in res:
             note += f"; vs official: {res['vs_official']}"
         if "vs_baseline" in res:
-            note += (
-                f"; vs baseline ({res['baseline']['wall']:.1f} s): {res['vs_baseline']}"
-            )
+            note += f"; outputs vs baseline: {res['vs_baseline']}"
         notes.append(note)
     return lines + [""] + notes
 
 
+def baseline_table(results: dict, baseline: Path) -> List[str]:
+    """Ours against ``--baseline``: medians of the runs alternated with ours."""
+    lines = [
+        f"| workload | baseline ({baseline.name}) s | this checkout s "
+        "| baseline / this | every run, baseline | every run, this | peak RSS "
+        "baseline / this | outputs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, res in results.items():
+        base, ours = res["baseline"], res["ours"]
+
+        def walls(impl: str) -> str:
+            return ", ".join(f"{r['wall']:.1f}" for r in res["runs"][impl])
+
+        lines.append(
+            f"| {name} | {base['wall']:.2f} | {ours['wall']:.2f} "
+            f"| {res['before_after']:.3f} | {walls('baseline')} | {walls('ours')} "
+            f"| {base['maxrss_mb']:.0f} / {ours['maxrss_mb']:.0f} MB "
+            f"| {res['vs_baseline']} |"
+        )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--official", type=Path, default=os.environ.get("P2P_OFFICIAL"))
+    p.add_argument(
+        "--official",
+        type=Path,
+        default=os.environ.get("P2P_OFFICIAL") or None,
+        help="the official code (default $P2P_OFFICIAL); empty: ours only",
+    )
     p.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--size", type=int, default=1024, help="image width (x 3/4)")
@@ -597,7 +628,12 @@ def main() -> None:
         type=int,
         help="time the official loop on the first N pairs of b/c and scale",
     )
-    p.add_argument("--baseline", type=Path, help="a checkout whose outputs must match")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout: its commands run alternated with ours, times "
+        "compared and outputs checked equal",
+    )
     p.add_argument("--stages", action="store_true", help="per-stage table too")
     p.add_argument("--stage-threads", type=int, help="torch threads of the stage runs")
     p.add_argument(
@@ -611,6 +647,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, help="keep images and outputs here")
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args()
+    if args.official is not None and str(args.official) in ("", "."):
+        args.official = None
     if args.official is not None:
         args.official = Path(args.official).resolve()
         if not (args.official / "networks" / "patch2pix.py").is_file():
@@ -666,6 +704,9 @@ def main() -> None:
     if report["workloads"]:
         print()
         print("\n".join(workload_table(report["workloads"], data["size"])))
+    if args.baseline and report["workloads"]:
+        print()
+        print("\n".join(baseline_table(report["workloads"], args.baseline)))
     if args.stages:
         print()
         print("\n".join(stage_table(report["stages"])))

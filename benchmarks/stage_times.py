@@ -13,7 +13,7 @@ wrapped functions it calls). Modes::
 
 - ``ours``: the fixed costs of ``p2p-hloc match`` (importing torch and the
   package, loading the model, decoding and resizing the images, selecting
-  and writing the matches) and the stages of ``Patch2Pix.forward_pair``: the
+  and writing the matches) and the stages of ``Patch2Pix.forward``: the
   first call (what a ``p2p-hloc match`` process pays) and the median of
   ``--repeats`` more.
 - ``official``: the same for the official code (from ``--official`` or
@@ -22,7 +22,7 @@ wrapped functions it calls). Modes::
 - ``runner``: ``p2p_hloc.match_pairs.main`` (the ``patch2pix`` conf) with its
   steps and the model's stages wrapped: model building, DataLoader start-up
   and the waits for decoded images, extraction, matching, raw-match files,
-  quantization, h5 writing.
+  quantization and h5 writing (one step, ``quantize.write_phase``).
 
 ``seconds`` maps stage names to seconds; ``total`` is the wall time of the
 timed call; ``load`` is the 1-minute load average at the start and end.
@@ -328,7 +328,7 @@ def run_runner(args) -> dict:
     fixed["import p2p_hloc.match_pairs"] = timed_import("p2p_hloc.match_pairs")
     import torch.utils.data.dataloader as dl
 
-    from p2p_hloc import match_pairs, tune_malloc
+    from p2p_hloc import executors, match_pairs, tune_malloc
     from p2p_hloc.confs import confs
     from p2p_hloc.io.raw import RawMatches
     from p2p_hloc.matchers.patch2pix import Matcher
@@ -336,7 +336,7 @@ def run_runner(args) -> dict:
     tune_malloc()
     timer = StageTimer()
     timer.wrap(
-        match_pairs,
+        executors,
         "build_matcher",
         "model build + load",
         after=lambda m: wrap_ours_model(timer, m.model),
@@ -348,9 +348,8 @@ def run_runner(args) -> dict:
     timer.wrap(Matcher, "match", "select matches")
     timer.wrap(RawMatches, "write", "raw-match files")
     timer.wrap(RawMatches, "read", "raw-match files")
-    timer.wrap(match_pairs, "quantize_matches", "quantization")
-    timer.wrap(match_pairs, "write_outputs", "h5 writing")
-    timer.wrap(match_pairs, "match_raw", "runner other")
+    timer.wrap(match_pairs, "write_phase", "quantization + h5 writing")
+    timer.wrap(executors, "match_raw", "runner other")
     timer.wrap(match_pairs, "main", "runner other")
     with tempfile.TemporaryDirectory() as tmp:
         res = timer.measure(

@@ -1,12 +1,12 @@
 """The fast CPU forms (oneDNN linear, folded convs, CellShare, Winograd) are an
 implementation detail: taken only on the CPU in float32 eval mode without
-gradients, switched off by ``fast_forms(False)``, and the model's results are
-the same either way (the CUDA path is the plain one)."""
+gradients, switched off by ``fast_forms(False)``; the plain path (the one CUDA
+takes) gives the golden outputs by itself."""
 
 import numpy as np
 import pytest
+import test_golden as golden_checks
 import torch
-from conftest import SCORE_ATOL, align_rows
 
 from p2p_hloc.model import fast_forms, fast_regressor, ops
 from p2p_hloc.model.regressor import FeatRegressNet
@@ -51,33 +51,22 @@ def test_switched_off_takes_no_fast_form(monkeypatch):
         ops.matmul_nt(a, b)
 
 
-def test_golden_pair_without_fast_forms(golden_model, golden_dir):
-    """Golden pair A at 512 px through the plain layers and through the fast
-    forms: the same proposals and, at the golden tolerances, the same
-    matches (coordinates 1e-3 px, scores SCORE_ATOL; fine rows whose mid
-    match lies within 1e-3 of an integer, but not on it, may truncate to
-    another patch centre and are compared at the mid level only)."""
-    x0, _, _ = load_image(golden_dir / "pairA_1.png", 512)
-    x1, _, _ = load_image(golden_dir / "pairA_2.png", 512)
-    data = {"image0": x0[None], "image1": x1[None]}
-    with torch.inference_mode():
-        fast = golden_model(data, stages=True)
-        with fast_forms(False):
-            plain = golden_model(data, stages=True)
+def test_golden_outputs_without_fast_forms(golden_model, golden_dir, monkeypatch):
+    """The path CUDA takes (the plain layers): golden pair A at 512 px with the
+    fast forms off reaches none of them and gives the official outputs at the
+    golden tolerances (the checks of ``test_golden``)."""
 
-    def np_(pred, key):
-        return pred[key].double().numpy()
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a fast form was taken")
 
-    ip, ir = align_rows(np_(plain, "coarse_matches"), np_(fast, "coarse_matches"), 0)
-    assert len(ir) > 300
-    for key, atol in (("mid_matches", 1e-3), ("mid_scores", SCORE_ATOL)):
-        np.testing.assert_allclose(np_(plain, key)[ip], np_(fast, key)[ir], atol=atol)
-    ok = np.ones(len(ir), bool)
-    for mid in (np_(plain, "mid_matches")[ip], np_(fast, "mid_matches")[ir]):
-        d = np.abs(mid - np.round(mid))  # 0: an exact offset of -8 (relu)
-        ok &= ~((d > 0) & (d < 1e-3)).any(1)
-    assert ok.mean() > 0.95
-    for key, atol in (("fine_matches", 1e-3), ("scores", SCORE_ATOL)):
-        np.testing.assert_allclose(
-            np_(plain, key)[ip][ok], np_(fast, key)[ir][ok], atol=atol
-        )
+    monkeypatch.setattr(ops, "_onednn_linear", forbidden)
+    monkeypatch.setattr(fast_regressor.FastRegressor, "__init__", forbidden)
+    ref = np.load(golden_dir / "outputs_A_s512.npz")
+    x0, s0, _ = load_image(golden_dir / "pairA_1.png", 512)
+    x1, s1, _ = load_image(golden_dir / "pairA_2.png", 512)
+    with torch.inference_mode(), fast_forms(False):
+        pred = golden_model({"image0": x0[None], "image1": x1[None]}, stages=True)
+    case = {"ref": ref, "pred": pred, "s": (s0, s1)}
+    golden_checks.test_coarse(case)
+    golden_checks.test_mid_and_fine(case)
+    golden_checks.test_final_thresholds(case, golden_model)
