@@ -14,10 +14,11 @@ equivalent: a surviving mutant that cannot change behaviour. The survival rate
 counts every mutant that no test kills (survived, equivalent, no tests).
 
 python tools/mutation.py [--modules poses localize_sfm io.text] [--jobs 1] \
-    [--rerun-survivors] [--json summary.json]
+    [--only GLOB ...] [--resume | --rerun-survivors] [--json summary.json]
 """
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -67,9 +69,37 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["p2p_hloc/io/lock.py"],
         ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
     ),
-    "quantize": (
-        ["p2p_hloc/quantize.py", "p2p_hloc/quantize/*.py"],
-        ["tests/test_mutation_kills_quantize.py", "tests/test_quantize.py"],
+    "quantize.core": (
+        ["p2p_hloc/quantize/core.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.in_memory": (
+        ["p2p_hloc/quantize/in_memory.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.spill": (
+        ["p2p_hloc/quantize/spill.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.step": (
+        ["p2p_hloc/quantize/step.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
     ),
     "triangulation": (
         ["p2p_hloc/triangulation.py"],
@@ -83,7 +113,15 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["tests/test_mutation_kills_hloc_plugin.py", "tests/test_hloc_plugin.py"],
     ),
 }
-GROUPS = {"io": ["io.text", "io.h5", "io.raw", "io.lock"]}
+GROUPS = {
+    "io": ["io.text", "io.h5", "io.raw", "io.lock"],
+    "quantize": [
+        "quantize.core",
+        "quantize.in_memory",
+        "quantize.spill",
+        "quantize.step",
+    ],
+}
 SKIP_PATTERNS = [  # lines whose expressions mutmut leaves alone
     r"\blogger\.(debug|info|warning|error|exception|critical)\(",
     r"^\s*help=",
@@ -172,6 +210,29 @@ def sync_copy(scratch: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def refresh_unmutated(scratch: Path, files: List[str]) -> None:
+    """Bring mutmut's copy of the package (``scratch/mutants/p2p_hloc``, which
+    mutmut never updates) up to date but for the mutated ``files``: a run
+    resumed after other modules changed tests them as they are now."""
+    root = scratch / "mutants"
+    current = set(worktree_files())
+    for path in (root / "p2p_hloc").rglob("*"):
+        name = path.relative_to(root).as_posix()
+        if (
+            path.is_file()
+            and name not in current
+            and not name.endswith((".meta", ".spans"))
+        ):
+            path.unlink()
+    for name in current:
+        if not name.startswith("p2p_hloc/") or name in files:
+            continue
+        src, dst = REPO / name, root / name
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
 def toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
@@ -225,7 +286,16 @@ def mutmut(scratch: Path, env: Dict[str, str], *args: str, log=None) -> str:
     return proc.stdout or ""
 
 
-def read_statuses(scratch: Path, files: List[str]) -> List[Mutant]:
+def selected(key: str, only: Sequence[str]) -> bool:
+    """Whether the mutant ``key`` matches one of the ``only`` globs (or all)."""
+    return not only or any(fnmatch.fnmatchcase(key, pattern) for pattern in only)
+
+
+def read_statuses(
+    scratch: Path, files: List[str], only: Sequence[str] = ()
+) -> List[Mutant]:
+    """The mutants of ``files`` (those matching ``only``) and their status
+    (``not checked`` when mutmut has not run them yet)."""
     from mutmut.stats import status_by_exit_code
 
     mutants = []
@@ -235,7 +305,8 @@ def read_statuses(scratch: Path, files: List[str]) -> List[Mutant]:
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         for key, code in codes.items():
-            mutants.append(Mutant(key, status_by_exit_code[code], file=name))
+            if selected(key, only):
+                mutants.append(Mutant(key, status_by_exit_code[code], file=name))
     return mutants
 
 
@@ -245,6 +316,18 @@ def function_of(key: str) -> str:
     if mangled.startswith("x_"):
         return mangled[2:]
     return ".".join(p for p in mangled[1:].split("\u01c1") if p)
+
+
+def diff_of(scratch: Path, mutant: Mutant) -> str:
+    """mutmut's diff of ``mutant`` (what ``mutmut show`` prints), in process."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = os.getcwd()
+    os.chdir(scratch)
+    try:
+        return get_diff_for_mutant(mutant.name, path=mutant.file)
+    finally:
+        os.chdir(cwd)
 
 
 def locate(mutant: Mutant, diff: str) -> None:
@@ -293,7 +376,17 @@ def source_hashes(files: List[str]) -> Dict[str, str]:
     return {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() for f in files}
 
 
-def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
+def run_module(
+    module: str,
+    jobs: int,
+    rerun_survivors: bool = False,
+    resume: bool = False,
+    only: Sequence[str] = (),
+    report_only: bool = False,
+) -> Result:
+    """Mutate ``module`` (only the mutants matching the ``only`` globs, if
+    any) and test each mutant; ``resume`` continues an interrupted run of the
+    same sources, ``rerun_survivors`` tests the survivors of the last one."""
     globs, tests = MODULES[module]
     files = source_files(globs)
     tests = [t for t in tests if (REPO / t.split("::")[0]).exists()]
@@ -301,7 +394,35 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
         raise SystemExit(f"{module}: none of {globs} exists")
     scratch = REPO / "mutants" / module
     previous: Dict[str, str] = {}
-    if rerun_survivors:
+    names: List[str] = list(only)
+    if report_only:
+        mutants = read_statuses(scratch, files, only)
+        saved = scratch / "statuses.json"  # a rerun of survivors: the merged ones
+        if saved.exists() and json.loads(
+            (scratch / "sources.json").read_text()
+        ) == source_hashes(files):
+            previous = json.loads(saved.read_text())
+        for m in mutants:
+            if m.status == "not checked":
+                m.status = previous.get(m.name, m.status)
+        for m in mutants:
+            if m.status in ("survived", "no tests", "suspicious", "timeout"):
+                locate(m, diff_of(scratch, m))
+        mark_equivalents(mutants, load_equivalents())
+        return Result(module, files, tests, mutants)
+    if resume:
+        copied = [scratch / f for f in files]
+        if not all(
+            c.exists() and c.read_bytes() == (REPO / f).read_bytes()
+            for c, f in zip(copied, files)
+        ):
+            raise SystemExit(
+                f"{module}: no run of these sources in {scratch} to resume: "
+                "run without --resume"
+            )
+        todo = read_statuses(scratch, files, only)
+        names = [m.name for m in todo if m.status == "not checked"]
+    elif rerun_survivors:
         hashes = scratch / "sources.json"
         if not (scratch / "statuses.json").exists() or json.loads(
             hashes.read_text()
@@ -311,6 +432,7 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
                 "run without --rerun-survivors"
             )
         previous = json.loads((scratch / "statuses.json").read_text())
+        names = [n for n, s in previous.items() if s in ("survived", "no tests")]
     elif scratch.exists():
         shutil.rmtree(scratch)
     # mutmut's copy must exist before it starts: an entry of PYTHONPATH that
@@ -318,15 +440,16 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
     # from the editable install instead
     (scratch / "mutants").mkdir(parents=True, exist_ok=True)
     sync_copy(scratch)
+    if resume or rerun_survivors:
+        refresh_unmutated(scratch, files)
     write_config(scratch, files, tests)
     env = mutmut_env(scratch, tests)
-    names = [n for n, s in previous.items() if s in ("survived", "no tests")]
     print(f"[{module}] mutating {', '.join(files)} with {', '.join(tests)}")
     print(f"[{module}] log: {scratch / 'mutmut.log'}", flush=True)
-    with open(scratch / "mutmut.log", "w") as log:
-        if not rerun_survivors or names:
+    with open(scratch / "mutmut.log", "a" if resume else "w") as log:
+        if names or not (rerun_survivors or resume):
             mutmut(scratch, env, "run", "--max-children", str(jobs), *names, log=log)
-    mutants = read_statuses(scratch, files)
+    mutants = read_statuses(scratch, files, only)
     for m in mutants:  # a rerun changes the verdicts of the survivors only
         if m.name in previous and m.name not in names:
             m.status = previous[m.name]
@@ -336,23 +459,26 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
     (scratch / "sources.json").write_text(json.dumps(source_hashes(files)))
     for m in mutants:
         if m.status in ("survived", "no tests", "suspicious", "timeout"):
-            locate(m, mutmut(scratch, env, "show", m.name))
+            locate(m, diff_of(scratch, m))
     mark_equivalents(mutants, load_equivalents())
     return Result(module, files, tests, mutants)
 
 
 def report(results: List[Result]) -> str:
     cols = ["killed", "survived", "equivalent", "timeout", "no tests"]
-    head = f"{'module':<14}{'mutants':>8}" + "".join(f"{c:>11}" for c in cols)
+    head = f"{'module':<20}{'mutants':>8}" + "".join(f"{c:>11}" for c in cols)
     lines = [head + f"{'survival':>10}"]
     for r in results:
         n = len(r.mutants)
         rate = 100.0 * r.surviving / n if n else 0.0
-        row = f"{r.module:<14}{n:>8}" + "".join(f"{r.count(c):>11}" for c in cols)
+        row = f"{r.module:<20}{n:>8}" + "".join(f"{r.count(c):>11}" for c in cols)
         lines.append(row + f"{rate:>9.1f}%")
     other = [m for r in results for m in r.mutants if m.status not in cols]
     if other:
-        lines.append(f"other results: {', '.join(sorted({m.status for m in other}))}")
+        counts = Counter(m.status for m in other)
+        lines.append(
+            "other results: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        )
     for title, status in (("Survivors", "survived"), ("No tests", "no tests")):
         found = [m for r in results for m in r.mutants if m.status == status]
         if found:
@@ -383,6 +509,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="test again only the survivors of the previous run (after adding tests)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: test only the mutants not tested yet",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="only the mutants whose mutmut name matches, e.g. "
+        "'p2p_hloc.quantize.core.x_cluster_points__mutmut_*'",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: the results of the last run (the equivalents list "
+        "as it is now)",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument(
         "--template",
@@ -394,7 +539,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ensure_mutmut()
     results = []
     for module in dict.fromkeys(modules):
-        results.append(run_module(module, args.jobs, args.rerun_survivors))
+        results.append(
+            run_module(
+                module,
+                args.jobs,
+                args.rerun_survivors,
+                args.resume,
+                args.only,
+                args.report,
+            )
+        )
         print(report(results[-1:]).splitlines()[1], flush=True)
     print("\n" + report(results))
     if args.template:
