@@ -53,10 +53,7 @@ SFM_CLUSTER = [
     "tests/test_localize_sfm.py::"
     "test_covisibility_clustering_picks_the_cluster_with_most_inliers",
 ]
-PLUGIN = [
-    "tests/test_hloc_plugin.py::test_register_and_run",
-    "tests/test_hloc_plugin.py::test_both_passes_use_our_quantization",
-]
+PLUGIN = ["tests/test_hloc_plugin.py::test_register_and_run"]
 INLOC = [
     "tests/test_localize_inloc.py::test_exact_correspondences",
     "tests/test_localize_inloc.py::test_exact_poses",

@@ -237,7 +237,9 @@ def toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def write_config(scratch: Path, files: List[str], tests: List[str]) -> None:
+def write_config(
+    scratch: Path, files: List[str], tests: List[str], timeout_multiplier: float
+) -> None:
     """mutmut's section in the copy's pyproject.toml, and the order plugin."""
     (scratch / "_mutation_order.py").write_text(ORDER_PLUGIN)
     base = (REPO / "pyproject.toml").read_text()
@@ -254,6 +256,10 @@ def write_config(scratch: Path, files: List[str], tests: List[str]) -> None:
     }
     lines = ["", "[tool.mutmut]"]
     lines += [f"{key} = {toml_list(value)}" for key, value in config.items()]
+    # mutmut stops a mutant's tests after (expected seconds + 1) x this, wall
+    # clock: on a loaded machine, a too small factor turns slow runs into
+    # false "timeout" kills
+    lines.append(f"timeout_multiplier = {float(timeout_multiplier)}")
     (scratch / "pyproject.toml").write_text(base + "\n".join(lines) + "\n")
 
 
@@ -383,13 +389,15 @@ def run_module(
     resume: bool = False,
     only: Sequence[str] = (),
     report_only: bool = False,
+    timeout_multiplier: float = 15.0,
+    test_files: Sequence[str] = (),
 ) -> Result:
     """Mutate ``module`` (only the mutants matching the ``only`` globs, if
     any) and test each mutant; ``resume`` continues an interrupted run of the
     same sources, ``rerun_survivors`` tests the survivors of the last one."""
     globs, tests = MODULES[module]
     files = source_files(globs)
-    tests = [t for t in tests if (REPO / t.split("::")[0]).exists()]
+    tests = [t for t in test_files or tests if (REPO / t.split("::")[0]).exists()]
     if not files:
         raise SystemExit(f"{module}: none of {globs} exists")
     scratch = REPO / "mutants" / module
@@ -420,8 +428,11 @@ def run_module(
                 f"{module}: no run of these sources in {scratch} to resume: "
                 "run without --resume"
             )
-        todo = read_statuses(scratch, files, only)
-        names = [m.name for m in todo if m.status == "not checked"]
+        # with --rerun-survivors too: the survivors as well
+        todo = ("not checked", "timeout")
+        todo += ("survived", "no tests") if rerun_survivors else ()
+        previous = {m.name: m.status for m in read_statuses(scratch, files)}
+        names = [n for n, s in previous.items() if s in todo and selected(n, only)]
     elif rerun_survivors:
         hashes = scratch / "sources.json"
         if not (scratch / "statuses.json").exists() or json.loads(
@@ -442,14 +453,15 @@ def run_module(
     sync_copy(scratch)
     if resume or rerun_survivors:
         refresh_unmutated(scratch, files)
-    write_config(scratch, files, tests)
+    write_config(scratch, files, tests, timeout_multiplier)
     env = mutmut_env(scratch, tests)
     print(f"[{module}] mutating {', '.join(files)} with {', '.join(tests)}")
     print(f"[{module}] log: {scratch / 'mutmut.log'}", flush=True)
     with open(scratch / "mutmut.log", "a" if resume else "w") as log:
         if names or not (rerun_survivors or resume):
             mutmut(scratch, env, "run", "--max-children", str(jobs), *names, log=log)
-    mutants = read_statuses(scratch, files, only)
+    # a resumed run counts every mutant (--only chose which ones run again)
+    mutants = read_statuses(scratch, files, () if resume else only)
     for m in mutants:  # a rerun changes the verdicts of the survivors only
         if m.name in previous and m.name not in names:
             m.status = previous[m.name]
@@ -505,6 +517,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     p.add_argument(
+        "--tests",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="these test files (or node ids) instead of the module's in MODULES",
+    )
+    p.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        default=15.0,
+        help="a mutant times out after (its tests' expected seconds + 1) x this "
+        "(mutmut's default 15; raise it on a loaded machine)",
+    )
+    p.add_argument(
         "--rerun-survivors",
         action="store_true",
         help="test again only the survivors of the previous run (after adding tests)",
@@ -512,7 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run: test only the mutants not tested yet",
+        help="continue an interrupted run: test the mutants not tested yet "
+        "and the timeouts again",
     )
     p.add_argument(
         "--only",
@@ -547,6 +574,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args.resume,
                 args.only,
                 args.report,
+                args.timeout_multiplier,
+                args.tests,
             )
         )
         print(report(results[-1:]).splitlines()[1], flush=True)
