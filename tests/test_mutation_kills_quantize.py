@@ -96,3 +96,25 @@ def test_index_arrays_are_int64():
     np.testing.assert_array_equal(
         top_keypoints(np.array([0.5, 0.2, 0.9]), 1), [-1, -1, 0]
     )
+
+
+def test_exact_ties_do_not_depend_on_the_input_order():
+    """On a grid (every point has the same density: ties everywhere) and on
+    duplicated points with scores whose float sum depends on the order
+    (0.1 + 0.2 + 0.7 != 0.7 + 0.2 + 0.1), any input order gives the same
+    keypoints, labels and summed scores, to the last bit."""
+    g = np.arange(0, 18, 3.0)
+    grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+    dup = np.repeat(np.array([[5.0, 5.0], [40.0, 5.0], [40.0, 40.0]]), 3, axis=0)
+    cases = [
+        (grid, np.ones(len(grid))),
+        (dup, np.tile([0.1, 0.2, 0.7], 3)),
+    ]
+    for points, scores in cases:
+        kps, labels, sums = cluster_points(points, scores)
+        for seed in range(4):
+            perm = np.random.default_rng(seed).permutation(len(points))
+            kps2, labels2, sums2 = cluster_points(points[perm], scores[perm])
+            np.testing.assert_array_equal(kps2, kps)
+            np.testing.assert_array_equal(labels2, labels[perm])
+            np.testing.assert_array_equal(sums2, sums)

@@ -128,14 +128,25 @@ SKIP_PATTERNS = [  # lines whose expressions mutmut leaves alone
     r"ArgumentParser\(description=",
 ]
 EQUIVALENTS = REPO / "tools" / "mutation_equivalents.json"
-ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER."""
+ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER, each
+test in a folder of its own."""
 import os
+
+import pytest
 
 
 def pytest_collection_modifyitems(session, config, items):
     order = os.environ.get("P2P_MUTATION_TEST_ORDER", "").split(",")
     rank = {name: i for i, name in enumerate(order)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.fixture(autouse=True)
+def _mutation_cwd(tmp_path_factory, monkeypatch):
+    """A fresh working folder per test: a file that a mutant writes under a
+    wrong relative name (open_h5(None) writes 'None') cannot feed the tests
+    of the next mutants."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 '''
 
 
