@@ -1,6 +1,8 @@
 """hloc's files (p2p_hloc.io): exact messages, line numbers, dtypes and
 layouts where the mutation run (tools/mutation.py) found them untested."""
 
+import uuid
+
 import h5py
 import numpy as np
 import pytest
@@ -184,13 +186,15 @@ def test_keypoints_layout(tmp_path):
     image_size; a name that starts or ends with an 'X' is kept whole."""
     path = tmp_path / "f.h5"
     write_keypoints(path, "Xa.pngX", np.array([[1.5, 2.0], [3.0, 4.0]]), (64, 48))
-    write_keypoints(path, "b.png", [[1, 2]], (32, 24), scores=np.array([0.25]))
+    size = np.array([32, 24], np.int32)
+    write_keypoints(path, "b.png", [[1, 2]], size, scores=np.array([0.25]))
     assert list_h5_names(path) == {"Xa.pngX", "b.png"}
     with h5py.File(path, "r") as f:
         a, b = f["Xa.pngX"], f["b.png"]
         assert a["keypoints"].dtype == a["scores"].dtype == np.float32
         np.testing.assert_array_equal(a["scores"][()], [1, 1])
         np.testing.assert_array_equal(b["scores"][()], [0.25])
+        assert b["scores"].dtype == np.float32 and b["image_size"].dtype == np.int64
         assert a["image_size"].dtype == np.int64
         np.testing.assert_array_equal(a["image_size"][()], [64, 48])
         # files do not depend on the time they were written
@@ -204,7 +208,10 @@ def test_matches_layout_and_lookups(tmp_path):
     too) as written; rewriting a pair replaces it; a reversed lookup swaps
     the columns, not the rows."""
     path = tmp_path / "m.h5"
-    extra = dict(size=np.int64(3), flags=np.array([1, 2], ">i2"))
+    view = np.arange(12.0).reshape(3, 4)[:, ::2]  # not contiguous
+    # a dtype this process has never written (the writer caches h5 types)
+    new = np.array([(1, 2.5)], [(f"a{uuid.uuid4().hex}", "<i2"), ("b", "<f4")])
+    extra = dict(size=np.int64(3), flags=np.array([1, 2], ">i2"), view=view, new=new)
     write_matches(path, "q/a.png", "db/b.png", [2, -1, 0], [0.5, 0, 0.25], **extra)
     write_matches(path, "q/a.png", "db/b.png", [1, -1, 0], [0.75, 0, 0.25], **extra)
     with h5py.File(path, "r") as f:
@@ -214,6 +221,8 @@ def test_matches_layout_and_lookups(tmp_path):
         assert g["size"][()] == 3 and g["size"].shape == ()
         assert g["flags"].dtype == np.dtype(">i2")
         np.testing.assert_array_equal(g["flags"][()], [1, 2])
+        np.testing.assert_array_equal(g["view"][()], view)
+        assert g["new"].dtype == new.dtype and g["new"][()].tolist() == [(1, 2.5)]
     pairs, scores = get_matches(path, "q/a.png", "db/b.png")
     np.testing.assert_array_equal(pairs, [[0, 1], [2, 0]])
     np.testing.assert_array_equal(scores, [0.75, 0.25])
