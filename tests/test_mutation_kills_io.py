@@ -56,6 +56,7 @@ def test_pairs_errors_name_file_and_line(tmp_path):
             "are not supported by hloc's pairs format)",
         ),
         ("a\n", "1: expected 'name0 name1', got 1 fields: 'a'"),
+        ("a b #x\n", "1: a '#' comment must have a line of its own"),
         ("a b\n\n a /b\n", "3: '/b' is an absolute path (names are relative)"),
     ):
         path.write_text(text)
@@ -129,6 +130,10 @@ def test_queries(tmp_path):
     "line, message",
     [
         ("q.png PINHOLE 4", "expected 'name MODEL W H params...': 'q.png PINHOLE 4'"),
+        (
+            "q.png PINHOLE 4 3",
+            "PINHOLE takes 4 finite parameters (fx, fy, cx, cy), got 0",
+        ),
         (
             "q.png PINHOLE 4 3 1 1 2 1.5 7",
             "PINHOLE takes 4 finite parameters (fx, fy, cx, cy), got 5: "
