@@ -25,6 +25,7 @@ from p2p_hloc.io import (
     write_poses,
 )
 from p2p_hloc.io.h5 import MatchesWriter
+from p2p_hloc.io.lock import file_lock
 from p2p_hloc.io.text import camera_models
 
 
@@ -259,3 +260,11 @@ def test_raw_matches_beside_matches0(tmp_path):
     for got, want in zip(get_raw_matches(path, "b.png", "a.png"), (kp1, kp0, scores)):
         np.testing.assert_array_equal(got, want)
     assert get_raw_matches(path, "c.png", "a.png") is None
+
+
+def test_lock_file_name(tmp_path):
+    """The lock of an output is ``<output>.lock`` beside it (documented: other
+    tools and users look for it there)."""
+    with file_lock(tmp_path / "sub" / "features.h5", "testing") as path:
+        assert path == tmp_path / "sub" / "features.h5.lock"
+        assert path.read_text().endswith(": testing")

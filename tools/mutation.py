@@ -128,9 +128,11 @@ SKIP_PATTERNS = [  # lines whose expressions mutmut leaves alone
     r"ArgumentParser\(description=",
 ]
 EQUIVALENTS = REPO / "tools" / "mutation_equivalents.json"
-ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER, each
-test in a folder of its own."""
+ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER and
+removes what a test leaves in the working folder."""
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -142,11 +144,19 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 @pytest.fixture(autouse=True)
-def _mutation_cwd(tmp_path_factory, monkeypatch):
-    """A fresh working folder per test: a file that a mutant writes under a
-    wrong relative name (open_h5(None) writes 'None') cannot feed the tests
-    of the next mutants."""
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+def _mutation_clean_cwd():
+    """Files a test leaves in the working folder (a mutant writing under a
+    wrong relative name: open_h5(None) writes 'None') are removed after it,
+    so they cannot feed the tests of the next mutants. (The folder itself
+    stays: subprocesses of the tests find mutmut's configuration there.)"""
+    before = set(os.listdir("."))
+    yield
+    for name in set(os.listdir(".")) - before:
+        path = Path(name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 '''
 
 
