@@ -528,6 +528,26 @@ def report(results: List[Result]) -> str:
     return "\n".join(lines)
 
 
+def equivalents_table() -> str:
+    """The equivalents list as a markdown table, one row per reason (the
+    table of docs/testing.md)."""
+    groups: Dict[Tuple[str, str, str], List[Dict[str, str]]] = {}
+    for e in load_equivalents():
+        groups.setdefault((e["file"], e["function"], e["why"]), []).append(e)
+    lines = [
+        "| file | function | mutants | one of them | why it cannot change behaviour |",
+        "|---|---|---|---|---|",
+    ]
+    for (name, function, why), entries in groups.items():
+        before = (entries[0]["before"].splitlines() or [""])[0][:70]
+        after = (entries[0]["after"].splitlines() or ["(removed)"])[0][:70]
+        lines.append(
+            f"| `{name.replace('p2p_hloc/', '')}` | `{function}` | {len(entries)} "
+            f"| `{before}` -> `{after}` | {why} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -582,7 +602,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="print the survivors as entries of the equivalents list",
     )
+    p.add_argument(
+        "--equivalents-table",
+        action="store_true",
+        help="print the equivalents list as a markdown table and exit",
+    )
     args = p.parse_args(argv)
+    if args.equivalents_table:
+        print(equivalents_table())
+        return 0
     modules = [m for name in args.modules for m in GROUPS.get(name, [name])]
     ensure_mutmut()
     results = []
