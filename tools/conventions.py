@@ -54,6 +54,7 @@ SFM_CLUSTER = [
     "test_covisibility_clustering_picks_the_cluster_with_most_inliers",
 ]
 PLUGIN = ["tests/test_hloc_plugin.py::test_register_and_run"]
+TRIANGULATION = ["tests/test_mutation_kills_triangulation.py"]
 INLOC = [
     "tests/test_localize_inloc.py::test_exact_correspondences",
     "tests/test_localize_inloc.py::test_exact_poses",
@@ -137,6 +138,22 @@ MUTATIONS = [
         TO_HLOC,
         TO_HLOC.replace("0.5", "1.0"),
         E2E + ["tests/test_localize_sfm.py::test_all_queries_localized"],
+    ),
+    Mutation(
+        "triangulation_import_minus",
+        "triangulation: keypoints imported into the database without +0.5",
+        "p2p_hloc/triangulation.py",
+        "                keypoints = from_hloc_coords(get_keypoints(features, name))",
+        "                keypoints = 0.0 + get_keypoints(features, name)",
+        E2E + TRIANGULATION,
+    ),
+    Mutation(
+        "hloc_file_minus",
+        "matchers.hloc_file: proposals read without hloc->corner +0.5",
+        "p2p_hloc/matchers/hloc_file.py",
+        'return {**data, "keypoints": from_hloc_coords(kps)}',
+        'return {**data, "keypoints": kps}',
+        E2E,
     ),
     Mutation(
         "inloc_h5_minus",
