@@ -564,3 +564,34 @@ def test_command_line(scene, capsys):
     assert p.raw_query_points and p.seed == 0 and p.ransac_thresh == 12.0
     assert not (p.covisibility_clustering or p.prepend_camera_name or p.overwrite)
     assert (p.radius, p.min_score) == (4.0, 0.0)
+
+
+def test_query_without_keypoints_falls_back(scene, tmp_path, logs):
+    """A query missing from the features file: an error naming it, the first
+    retrieved image's pose, and a log entry saying so."""
+    q = query_names(scene)[0]
+    features = tmp_path / "features_without_query.h5"
+    shutil.copy(scene["features"], features)
+    with h5py.File(features, "a") as f:
+        del f[q]
+    results, log = run(scene, "no_query_keypoints.txt", features=features)
+    retrieved = [r for a, r in parse_pairs(scene["pairs_query"]) if a == q]
+    assert log["loc"][q] == dict(
+        db=retrieved, ret=None, num_inliers=0, status="fallback"
+    )
+    assert log["fallback"] == [q] and q[6:] in read_poses(results)
+    assert f"Query {q}: no keypoints for image {q!r} in {features}" in logs.text
+
+
+def test_raw_query_points_message(scene):
+    q = query_names(scene)[0]
+    r = next(b for a, b in parse_pairs(scene["pairs_query"]) if a == q)
+    localizer = QueryLocalizer(
+        scene["rec"], scene["features"], scene["matches"], {}, raw=True
+    )
+    with pytest.raises(InputError) as e:
+        localizer.raw_pair(q, r, np.zeros(0, np.int64))
+    assert str(e.value) == (
+        f"pair ({q}, {r}) of {scene['matches']} has no raw matches (keypoints0, "
+        "keypoints1, scores): raw query points need a dense matcher's matches file"
+    )
