@@ -72,10 +72,13 @@ def chain(tmp_path_factory):
 
 def test_written_keypoints_are_the_exact_observations(chain):
     """Every keypoint match_pairs writes is an exact observation in hloc's
-    convention (a point seen twice is one keypoint), and every match links
-    two observations of one point."""
+    convention (a point seen twice is one keypoint), the keypoints of an
+    image are sorted by x then y (the documented order), and every match
+    links two observations of one point."""
     for name, (xy, ids) in chain["keypoints"].items():
         written = get_keypoints(chain["features_out"], name)
+        order = np.lexsort((written[:, 1], written[:, 0]))
+        np.testing.assert_array_equal(order, np.arange(len(written)), name)
         d = np.linalg.norm(written[:, None] - to_hloc_coords(xy)[None], axis=-1)
         assert np.percentile(d.min(1), 95) < 1e-3, name
     for pairs in ("pairs_db", "pairs_query"):

@@ -81,8 +81,11 @@ def test_all_queries_localized(data, clustering):
 
 
 def test_existing_results_are_kept(data, logs):
-    path = localize(data, "results_False.txt")
-    assert "skipping" in logs.text and path.exists()
+    """(On its own: no other test's results file needed.)"""
+    path = data["root"] / "results_kept.txt"
+    path.write_text("marker\n")
+    assert localize(data, "results_kept.txt") == path
+    assert "skipping" in logs.text and path.read_text() == "marker\n"
 
 
 def test_bad_input_and_fallback(data, logs):

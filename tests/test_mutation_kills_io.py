@@ -1,18 +1,31 @@
-"""hloc's text files (p2p_hloc.io.text): exact messages, line numbers and
-formats where the mutation run (tools/mutation.py) found them untested."""
+"""hloc's files (p2p_hloc.io): exact messages, line numbers, dtypes and
+layouts where the mutation run (tools/mutation.py) found them untested."""
 
+import uuid
+
+import h5py
 import numpy as np
 import pytest
 
 from p2p_hloc.io import (
     PairsError,
     canonical_name,
+    from_hloc_coords,
+    get_keypoints,
+    get_matches,
+    get_raw_matches,
+    list_h5_names,
     parse_pairs,
     parse_queries,
     parse_retrieval,
+    to_hloc_coords,
+    write_keypoints,
+    write_matches,
     write_pairs,
     write_poses,
 )
+from p2p_hloc.io.h5 import MatchesWriter
+from p2p_hloc.io.lock import file_lock
 from p2p_hloc.io.text import camera_models
 
 
@@ -44,6 +57,7 @@ def test_pairs_errors_name_file_and_line(tmp_path):
             "are not supported by hloc's pairs format)",
         ),
         ("a\n", "1: expected 'name0 name1', got 1 fields: 'a'"),
+        ("a b #x\n", "1: a '#' comment must have a line of its own"),
         ("a b\n\n a /b\n", "3: '/b' is an absolute path (names are relative)"),
     ):
         path.write_text(text)
@@ -118,6 +132,10 @@ def test_queries(tmp_path):
     [
         ("q.png PINHOLE 4", "expected 'name MODEL W H params...': 'q.png PINHOLE 4'"),
         (
+            "q.png PINHOLE 4 3",
+            "PINHOLE takes 4 finite parameters (fx, fy, cx, cy), got 0",
+        ),
+        (
             "q.png PINHOLE 4 3 1 1 2 1.5 7",
             "PINHOLE takes 4 finite parameters (fx, fy, cx, cy), got 5: "
             "'q.png PINHOLE 4 3 1 1 2 1.5 7'",
@@ -159,3 +177,94 @@ def test_write_poses(tmp_path):
     write_poses(path, {})
     assert path.read_text() == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
+
+
+def test_coordinate_conversions_are_float64():
+    xy = np.array([[0.5, 1.25], [10.0, 3.0]], np.float32)
+    for convert, shift in ((to_hloc_coords, -0.5), (from_hloc_coords, 0.5)):
+        out = convert(xy)
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, xy.astype(np.float64) + shift)
+
+
+def test_keypoints_layout(tmp_path):
+    """hloc's layout: float32 keypoints and scores (ones by default), int64
+    image_size; a name that starts or ends with an 'X' is kept whole."""
+    path = tmp_path / "f.h5"
+    write_keypoints(path, "Xa.pngX", np.array([[1.5, 2.0], [3.0, 4.0]]), (64, 48))
+    size = np.array([32, 24], np.int32)
+    write_keypoints(path, "b.png", [[1, 2]], size, scores=np.array([0.25]))
+    assert list_h5_names(path) == {"Xa.pngX", "b.png"}
+    with h5py.File(path, "r") as f:
+        a, b = f["Xa.pngX"], f["b.png"]
+        assert a["keypoints"].dtype == a["scores"].dtype == np.float32
+        np.testing.assert_array_equal(a["scores"][()], [1, 1])
+        np.testing.assert_array_equal(b["scores"][()], [0.25])
+        assert b["scores"].dtype == np.float32 and b["image_size"].dtype == np.int64
+        assert a["image_size"].dtype == np.int64
+        np.testing.assert_array_equal(a["image_size"][()], [64, 48])
+        # files do not depend on the time they were written
+        plist = a["keypoints"].id.get_create_plist()
+        assert not plist.get_obj_track_times()
+    np.testing.assert_array_equal(get_keypoints(path, "b.png"), [[1, 2]])
+
+
+def test_matches_layout_and_lookups(tmp_path):
+    """matches0 / matching_scores0 and extra arrays (any dtype, scalars
+    too) as written; rewriting a pair replaces it; a reversed lookup swaps
+    the columns, not the rows."""
+    path = tmp_path / "m.h5"
+    view = np.arange(12.0).reshape(3, 4)[:, ::2]  # not contiguous
+    # a dtype this process has never written (the writer caches h5 types)
+    new = np.array([(1, 2.5)], [(f"a{uuid.uuid4().hex}", "<i2"), ("b", "<f4")])
+    extra = dict(size=np.int64(3), flags=np.array([1, 2], ">i2"), view=view, new=new)
+    write_matches(path, "q/a.png", "db/b.png", [2, -1, 0], [0.5, 0, 0.25], **extra)
+    write_matches(path, "q/a.png", "db/b.png", [1, -1, 0], [0.75, 0, 0.25], **extra)
+    with h5py.File(path, "r") as f:
+        g = f["q-a.png/db-b.png"]
+        np.testing.assert_array_equal(g["matches0"][()], [1, -1, 0])
+        np.testing.assert_array_equal(g["matching_scores0"][()], [0.75, 0, 0.25])
+        assert g["size"][()] == 3 and g["size"].shape == ()
+        assert g["flags"].dtype == np.dtype(">i2")
+        np.testing.assert_array_equal(g["flags"][()], [1, 2])
+        np.testing.assert_array_equal(g["view"][()], view)
+        assert g["new"].dtype == new.dtype and g["new"][()].tolist() == [(1, 2.5)]
+    pairs, scores = get_matches(path, "q/a.png", "db/b.png")
+    np.testing.assert_array_equal(pairs, [[0, 1], [2, 0]])
+    np.testing.assert_array_equal(scores, [0.75, 0.25])
+    pairs, _ = get_matches(path, "db/b.png", "q/a.png")
+    np.testing.assert_array_equal(pairs, [[1, 0], [0, 2]])
+
+
+def test_writers_take_an_open_file(tmp_path):
+    path = tmp_path / "open.h5"
+    with h5py.File(path, "a") as f:
+        write_keypoints(f, "a.png", [[1, 2]], (8, 8))
+        write_matches(f, "a.png", "b.png", [0], [1.0])
+        writer = MatchesWriter(f)
+        writer.add("a.png", "c.png", [-1], [0.0], replace=False)
+        writer.add("a.png", "c.png", [0], [0.5])  # replaces by default
+    assert list_h5_names(path) == {"a.png", "a.png/b.png", "a.png/c.png"}
+    assert get_matches(path, "a.png", "c.png")[0].tolist() == [[0, 0]]
+
+
+def test_raw_matches_beside_matches0(tmp_path):
+    path = tmp_path / "raw.h5"
+    kp0, kp1 = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[5.0, 6.0], [7.0, 8]])
+    scores = np.array([0.5, 0.75])
+    raw = dict(keypoints0=kp0, keypoints1=kp1, scores=scores)
+    write_matches(path, "a.png", "b.png", [0, 1], [1, 1], **raw)
+    write_matches(path, "a.png", "c.png", [0], [1])
+    for got, want in zip(get_raw_matches(path, "a.png", "b.png"), (kp0, kp1, scores)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(get_raw_matches(path, "b.png", "a.png"), (kp1, kp0, scores)):
+        np.testing.assert_array_equal(got, want)
+    assert get_raw_matches(path, "c.png", "a.png") is None
+
+
+def test_lock_file_name(tmp_path):
+    """The lock of an output is ``<output>.lock`` beside it (documented: other
+    tools and users look for it there)."""
+    with file_lock(tmp_path / "sub" / "features.h5", "testing") as path:
+        assert path == tmp_path / "sub" / "features.h5.lock"
+        assert path.read_text().endswith(": testing")

@@ -5,6 +5,7 @@ run (tools/mutation.py) found them untested. Poses come out right to about
 
 import pickle
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,6 +18,7 @@ from p2p_hloc.console import InputError, run_cli
 from p2p_hloc.eval.poses import evaluate, pose_error, read_poses
 from p2p_hloc.io import (
     get_keypoints,
+    get_matches,
     parse_pairs,
     to_hloc_coords,
     write_keypoints,
@@ -132,6 +134,24 @@ def test_the_cluster_with_most_inliers_wins(scene):
     assert all(0 < s < b for s, b in zip(side_inliers, both))
 
 
+def test_the_best_cluster_wins_wherever_it_comes(scene):
+    """With only 2 side images retrieved, the main cluster comes first (being
+    larger): it must still win over the side cluster tried after it."""
+    pairs = parse_pairs(scene["pairs_query"])
+    side = {q: [r for a, r in pairs if a == q and r in SIDE][:2] for q, _ in pairs}
+    retrieval = write_pairs(
+        scene["root"] / "pairs_main_first.txt",
+        [(q, r) for q, r in pairs if r not in SIDE or r in side[q]],
+    )
+    results, logs = run(
+        scene, "main_first.txt", retrieval, covisibility_clustering=True
+    )
+    assert np.all(errors(scene, results) < MAX_ERROR)
+    for q in query_names(scene):
+        log = logs["loc"][q]
+        assert log["num_clusters"] == 2 and not set(log["db"]) & set(SIDE)
+
+
 def test_clusters_keep_the_retrieval_order(scene):
     ids = [
         scene["rec"].find_image_with_name(f"db/{i:03d}.png").image_id
@@ -156,6 +176,7 @@ def test_failed_groups_fall_back_to_the_first_image(scene, logs):
     )
     entry = log["loc"][q]
     assert entry["status"] == "fallback" and entry["ret"] is None
+    assert entry["num_inliers"] == 0 and entry["inlier_mask"] is None
     # the last group: the side cluster (5 images) comes first, being larger
     assert entry["num_clusters"] == 2 and entry["db"] == [
         r for _, r in pairs if r not in SIDE
@@ -200,19 +221,21 @@ def test_queries_without_images_in_the_model(scene, logs):
     n = sum(q == q1 for q, _ in pairs)
     assert f"Query {q1}: 2 of {n} retrieved images are not in the model" in logs.text
     assert f"1 queries have no pose in the results, e.g. {q0}." in logs.text
+    assert "Localized 2 / 3 queries." in logs.text
 
 
 def test_missing_pairs_are_skipped(scene, logs):
     q = query_names(scene)[1]
     pairs = [(a, b) for a, b in parse_pairs(scene["pairs_query"]) if a == q]
-    retrieval = write_pairs(
-        scene["root"] / "pairs_unmatched.txt", pairs + [(q, "db/005.png")]
+    retrieval = write_pairs(  # first: the next pairs are still read
+        scene["root"] / "pairs_unmatched.txt", [(q, "db/005.png")] + pairs
     )
     with h5py.File(scene["matches"], "r") as f:
         assert f"{q.replace('/', '-')}/db-005.png" not in f
     _, log = run(scene, "unmatched.txt", retrieval)
     assert f"No matches for pair ({q}, db/005.png): skipped." in logs.text
     assert log["loc"][q]["status"] == "localized"
+    assert log["loc"][q]["num_matches"] > 100
 
 
 def test_no_pair_at_all_gives_no_correspondence(scene):
@@ -223,6 +246,7 @@ def test_no_pair_at_all_gives_no_correspondence(scene):
     write_matches(scene["root"] / "x.h5", "a", "b", np.zeros(1), np.ones(1))
     xy, ids, kp, n = localizer.correspondences(q, [1, 2])
     assert xy.shape == (0, 2) and ids.shape == (0,) and kp is None and n == 0
+    assert ids.dtype == np.int64
 
 
 def test_matches_beyond_the_model_keypoints_are_ignored(scene, tmp_path):
@@ -286,6 +310,24 @@ def raw_matches(scene):
             scores=np.r_[np.full(len(kq), 0.5), np.full(len(kq), 0.25)],
         )
     return path
+
+
+def test_localizer_defaults_and_raw_ids(scene, raw_matches):
+    """Keypoint mode by default (radius 4, min_score 0 for raw mode); the raw
+    points of a pair (partners 0.3 px off) find the 3D points of the matched
+    keypoints, keypoint 0 included."""
+    rec = scene["rec"]
+    loc = QueryLocalizer(rec, scene["features"], raw_matches, {})
+    assert (loc.raw, loc.radius, loc.min_score) == (False, 4.0, 0.0)
+    raw = QueryLocalizer(rec, scene["features"], raw_matches, {}, raw=True)
+    first = 0
+    for q, r in parse_pairs(scene["pairs_query"]):
+        point_ids = loc.point3D_ids(rec.find_image_with_name(r).image_id)
+        m, ids = loc.keypoint_pair(q, r, point_ids)
+        xy, raw_ids = raw.raw_pair(q, r, point_ids)
+        np.testing.assert_array_equal(raw_ids[: len(ids)], ids)
+        first += np.sum(ids[get_matches(raw_matches, q, r)[0][:, 1] == 0] >= 0)
+    assert first > 0  # some pairs match keypoint 0, which has a 3D point
 
 
 def test_raw_query_points(scene, raw_matches):
@@ -375,6 +417,23 @@ def test_estimate_pose_needs_three_points():
     assert estimate_pose(uv, xyz.astype(np.float32), camera, config)["num_inliers"] == 3
 
 
+def test_refinement_options_reach_pycolmap():
+    """Focal length refinement (off by default) recovers the true focal
+    length (400) from a 10% wrong one: measured 399.93, translation 1e-3;
+    without it the translation is off by 0.46."""
+    xyz = np.random.default_rng(0).uniform([-1, -1, 4], [1, 1, 6], (50, 3))
+    uv = xyz[:, :2] / xyz[:, 2:] * 400 + [240, 180]  # the camera at the origin
+    for refine, focal, max_t in ((True, 400, 0.01), (False, 360, 1.0)):
+        camera = pycolmap.Camera(
+            model="SIMPLE_PINHOLE", width=480, height=360, params=[360, 240, 180]
+        )
+        config = pose_config(100, {"refinement": {"refine_focal_length": refine}})
+        ret = estimate_pose(uv, xyz, camera, config)
+        assert abs(camera.params[0] - focal) < 0.2
+        t = np.linalg.norm(ret["cam_from_world"].translation)
+        assert (t < max_t) if refine else (t > 0.1)
+
+
 def test_refinement_options_are_used(scene):
     """A refinement that may not refine anything leaves the RANSAC pose."""
     config = {"refinement": {"max_num_iterations": 0}, "estimation": {}}
@@ -396,6 +455,17 @@ def test_inputs_are_checked_before_any_work(scene, tmp_path):
     with pytest.raises(InputError) as e:
         run(scene, "never.txt", queries=empty)
     assert str(e.value) == f"no queries in {empty}"
+    (tmp_path / "empty_queries2.txt").write_text("")
+    with pytest.raises(InputError) as e:  # every file named
+        localize_sfm.read_queries(tmp_path / "empty_queries*.txt")
+    second = tmp_path / "empty_queries2.txt"
+    assert str(e.value) == f"no queries in {empty}, {second}"
+    nested = tmp_path / "new" / "folder" / "results.txt"
+    localize_sfm.check_writable(nested)
+    assert nested.parent.is_dir() and not list(nested.parent.iterdir())
+    if Path("/proc/self").is_dir():  # a folder that refuses files, even to root
+        with pytest.raises(InputError, match="^cannot write the results /proc/r"):
+            localize_sfm.check_writable(Path("/proc/results.txt"))
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="^cannot write the results .*file/x.txt"):
         localize_sfm.main(
@@ -477,6 +547,7 @@ def test_command_line(scene, capsys):
     with open(f"{results}_logs.pkl", "rb") as f:
         log = pickle.load(f)
     assert log["config"]["estimation"]["ransac"] == {"max_error": 8.0, "random_seed": 3}
+    assert log["ransac_thresh"] == 8.0
     assert log["covisibility_clustering"] and log["radius"] == 2.5
     assert log["min_score"] == 0.1 and not log["raw_query_points"]
     assert sorted(read_poses(results)) == query_names(scene)
@@ -485,9 +556,42 @@ def test_command_line(scene, capsys):
             localize_sfm.parser().parse_args(
                 args[:i] + args[i + 2 :] + ["--results", "x"]
             )
+    with pytest.raises(SystemExit):
+        localize_sfm.parser().parse_args(args)
     p = localize_sfm.parser().parse_args(
         args + ["--results", "x", "--raw_query_points"]
     )
     assert p.raw_query_points and p.seed == 0 and p.ransac_thresh == 12.0
     assert not (p.covisibility_clustering or p.prepend_camera_name or p.overwrite)
     assert (p.radius, p.min_score) == (4.0, 0.0)
+
+
+def test_query_without_keypoints_falls_back(scene, tmp_path, logs):
+    """A query missing from the features file: an error naming it, the first
+    retrieved image's pose, and a log entry saying so."""
+    q = query_names(scene)[0]
+    features = tmp_path / "features_without_query.h5"
+    shutil.copy(scene["features"], features)
+    with h5py.File(features, "a") as f:
+        del f[q]
+    results, log = run(scene, "no_query_keypoints.txt", features=features)
+    retrieved = [r for a, r in parse_pairs(scene["pairs_query"]) if a == q]
+    assert log["loc"][q] == dict(
+        db=retrieved, ret=None, num_inliers=0, status="fallback"
+    )
+    assert log["fallback"] == [q] and q[6:] in read_poses(results)
+    assert f"Query {q}: no keypoints for image {q!r} in {features}" in logs.text
+
+
+def test_raw_query_points_message(scene):
+    q = query_names(scene)[0]
+    r = next(b for a, b in parse_pairs(scene["pairs_query"]) if a == q)
+    localizer = QueryLocalizer(
+        scene["rec"], scene["features"], scene["matches"], {}, raw=True
+    )
+    with pytest.raises(InputError) as e:
+        localizer.raw_pair(q, r, np.zeros(0, np.int64))
+    assert str(e.value) == (
+        f"pair ({q}, {r}) of {scene['matches']} has no raw matches (keypoints0, "
+        "keypoints1, scores): raw query points need a dense matcher's matches file"
+    )

@@ -34,9 +34,32 @@ class Mutation:
     tests: List[str]
 
 
-SFM = ["tests/test_localize_sfm.py", "tests/test_mutation_kills_localize_sfm.py"]
+# integration tests only: each runs a whole step (or chain of steps) on files,
+# with real pycolmap and h5py (a unit test that catches a mutation does not
+# count here)
 E2E = ["tests/test_conventions_end_to_end.py"]
-INLOC = ["tests/test_localize_inloc.py"]
+EXACT_SFM = "tests/test_mutation_kills_localize_sfm.py::"
+SFM_POSES = [
+    E2E[0] + "::test_poses_at_measured_accuracy",
+    EXACT_SFM + "test_exact_correspondences_and_poses",
+    "tests/test_localize_sfm.py::test_all_queries_localized",
+]
+SFM_RAW = [
+    EXACT_SFM + "test_raw_query_points",
+    "tests/test_localize_sfm.py::test_raw_query_points",
+]
+SFM_CLUSTER = [
+    EXACT_SFM + "test_the_cluster_with_most_inliers_wins",
+    "tests/test_localize_sfm.py::"
+    "test_covisibility_clustering_picks_the_cluster_with_most_inliers",
+]
+PLUGIN = ["tests/test_hloc_plugin.py::test_register_and_run"]
+TRIANGULATION = ["tests/test_mutation_kills_triangulation.py"]
+INLOC = [
+    "tests/test_localize_inloc.py::test_exact_correspondences",
+    "tests/test_localize_inloc.py::test_exact_poses",
+    "tests/test_localize_inloc.py::test_end_to_end",
+]
 KP = "keypoints = from_hloc_coords(get_keypoints(self.features, query))"
 RAW = "return from_hloc_coords(kq[keep]), ids"
 LOOKUP = "x, y = keypoints[:, 0] - 0.5, keypoints[:, 1] - 0.5"
@@ -50,7 +73,7 @@ MUTATIONS = [
         "p2p_hloc/localize_sfm.py",
         KP,
         "keypoints = get_keypoints(self.features, query).astype(np.float64)",
-        SFM + E2E,
+        SFM_POSES,
     ),
     Mutation(
         "sfm_query_plus",
@@ -58,7 +81,7 @@ MUTATIONS = [
         "p2p_hloc/localize_sfm.py",
         KP,
         KP.replace("query))", "query)) + 0.5"),
-        SFM + E2E,
+        SFM_POSES,
     ),
     Mutation(
         "sfm_raw_minus",
@@ -66,7 +89,7 @@ MUTATIONS = [
         "p2p_hloc/localize_sfm.py",
         RAW,
         "return kq[keep].astype(np.float64), ids",
-        SFM,
+        SFM_RAW,
     ),
     Mutation(
         "sfm_raw_plus",
@@ -74,7 +97,7 @@ MUTATIONS = [
         "p2p_hloc/localize_sfm.py",
         RAW,
         "return from_hloc_coords(kq[keep]) + 0.5, ids",
-        SFM,
+        SFM_RAW,
     ),
     Mutation(
         "sfm_fewest_inliers",
@@ -82,23 +105,23 @@ MUTATIONS = [
         "p2p_hloc/localize_sfm.py",
         'log["num_inliers"] > best["num_inliers"]',
         'log["num_inliers"] < best["num_inliers"]',
-        SFM,
+        SFM_CLUSTER,
     ),
     Mutation(
         "plugin_kp1",
         "hloc_plugin: keypoints1 without corner->hloc -0.5",
         "p2p_hloc/hloc_plugin.py",
-        '"keypoints1": (pred["keypoints1"][keep] - 0.5).float(),',
-        '"keypoints1": (pred["keypoints1"][keep]).float(),',
-        ["tests/test_hloc_plugin.py"],
+        '"keypoints1": hloc_coords(pred["keypoints1"]),',
+        '"keypoints1": pred["keypoints1"][keep].float().cpu(),',
+        PLUGIN,
     ),
     Mutation(
         "quantize_yx_order",
         "quantize.cluster_points: keypoints sorted by (y, x), not (x, y)",
-        "p2p_hloc/quantize.py",
+        "p2p_hloc/quantize/core.py",
         "canonical = np.lexsort((centres[:, 1], centres[:, 0]))",
         "canonical = np.lexsort((centres[:, 0], centres[:, 1]))",
-        ["tests/test_quantize.py", "tests/test_match_pairs.py"],
+        E2E,
     ),
     Mutation(
         "to_hloc_minus",
@@ -106,7 +129,7 @@ MUTATIONS = [
         "p2p_hloc/io/h5.py",
         TO_HLOC,
         "return np.asarray(xy, dtype=np.float64)",
-        E2E + ["tests/test_localize_sfm.py", "tests/test_match_pairs.py"],
+        E2E + ["tests/test_localize_sfm.py::test_all_queries_localized"],
     ),
     Mutation(
         "to_hloc_plus",
@@ -114,7 +137,23 @@ MUTATIONS = [
         "p2p_hloc/io/h5.py",
         TO_HLOC,
         TO_HLOC.replace("0.5", "1.0"),
-        E2E + ["tests/test_localize_sfm.py", "tests/test_match_pairs.py"],
+        E2E + ["tests/test_localize_sfm.py::test_all_queries_localized"],
+    ),
+    Mutation(
+        "triangulation_import_minus",
+        "triangulation: keypoints imported into the database without +0.5",
+        "p2p_hloc/triangulation.py",
+        "                keypoints = from_hloc_coords(get_keypoints(features, name))",
+        "                keypoints = 0.0 + get_keypoints(features, name)",
+        E2E + TRIANGULATION,
+    ),
+    Mutation(
+        "hloc_file_minus",
+        "matchers.hloc_file: proposals read without hloc->corner +0.5",
+        "p2p_hloc/matchers/hloc_file.py",
+        'return {**data, "keypoints": from_hloc_coords(kps)}',
+        'return {**data, "keypoints": kps}',
+        E2E,
     ),
     Mutation(
         "inloc_h5_minus",

@@ -14,10 +14,11 @@ equivalent: a surviving mutant that cannot change behaviour. The survival rate
 counts every mutant that no test kills (survived, equivalent, no tests).
 
 python tools/mutation.py [--modules poses localize_sfm io.text] [--jobs 1] \
-    [--rerun-survivors] [--json summary.json]
+    [--only GLOB ...] [--resume | --rerun-survivors] [--json summary.json]
 """
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -67,9 +69,37 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["p2p_hloc/io/lock.py"],
         ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
     ),
-    "quantize": (
-        ["p2p_hloc/quantize.py", "p2p_hloc/quantize/*.py"],
-        ["tests/test_mutation_kills_quantize.py", "tests/test_quantize.py"],
+    "quantize.core": (
+        ["p2p_hloc/quantize/core.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.in_memory": (
+        ["p2p_hloc/quantize/in_memory.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.spill": (
+        ["p2p_hloc/quantize/spill.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
+    ),
+    "quantize.step": (
+        ["p2p_hloc/quantize/step.py"],
+        [
+            "tests/test_mutation_kills_quantize.py",
+            "tests/test_quantize.py",
+            "tests/test_quantize_step.py",
+        ],
     ),
     "triangulation": (
         ["p2p_hloc/triangulation.py"],
@@ -83,21 +113,50 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["tests/test_mutation_kills_hloc_plugin.py", "tests/test_hloc_plugin.py"],
     ),
 }
-GROUPS = {"io": ["io.text", "io.h5", "io.raw", "io.lock"]}
+GROUPS = {
+    "io": ["io.text", "io.h5", "io.raw", "io.lock"],
+    "quantize": [
+        "quantize.core",
+        "quantize.in_memory",
+        "quantize.spill",
+        "quantize.step",
+    ],
+}
 SKIP_PATTERNS = [  # lines whose expressions mutmut leaves alone
     r"\blogger\.(debug|info|warning|error|exception|critical)\(",
     r"^\s*help=",
     r"ArgumentParser\(description=",
 ]
 EQUIVALENTS = REPO / "tools" / "mutation_equivalents.json"
-ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER."""
+ORDER_PLUGIN = '''"""Runs the test files in the order of $P2P_MUTATION_TEST_ORDER and
+removes what a test leaves in the working folder."""
 import os
+import shutil
+from pathlib import Path
+
+import pytest
 
 
 def pytest_collection_modifyitems(session, config, items):
     order = os.environ.get("P2P_MUTATION_TEST_ORDER", "").split(",")
     rank = {name: i for i, name in enumerate(order)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
+@pytest.fixture(autouse=True)
+def _mutation_clean_cwd():
+    """Files a test leaves in the working folder (a mutant writing under a
+    wrong relative name: open_h5(None) writes 'None') are removed after it,
+    so they cannot feed the tests of the next mutants. (The folder itself
+    stays: subprocesses of the tests find mutmut's configuration there.)"""
+    before = set(os.listdir("."))
+    yield
+    for name in set(os.listdir(".")) - before:
+        path = Path(name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 '''
 
 
@@ -172,11 +231,36 @@ def sync_copy(scratch: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def refresh_unmutated(scratch: Path, files: List[str]) -> None:
+    """Bring mutmut's copy of the package (``scratch/mutants/p2p_hloc``, which
+    mutmut never updates) up to date but for the mutated ``files``: a run
+    resumed after other modules changed tests them as they are now."""
+    root = scratch / "mutants"
+    current = set(worktree_files())
+    for path in (root / "p2p_hloc").rglob("*"):
+        name = path.relative_to(root).as_posix()
+        if (
+            path.is_file()
+            and name not in current
+            and not name.endswith((".meta", ".spans"))
+        ):
+            path.unlink()
+    for name in current:
+        if not name.startswith("p2p_hloc/") or name in files:
+            continue
+        src, dst = REPO / name, root / name
+        if not dst.exists() or dst.read_bytes() != src.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
 def toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def write_config(scratch: Path, files: List[str], tests: List[str]) -> None:
+def write_config(
+    scratch: Path, files: List[str], tests: List[str], timeout_multiplier: float
+) -> None:
     """mutmut's section in the copy's pyproject.toml, and the order plugin."""
     (scratch / "_mutation_order.py").write_text(ORDER_PLUGIN)
     base = (REPO / "pyproject.toml").read_text()
@@ -193,6 +277,10 @@ def write_config(scratch: Path, files: List[str], tests: List[str]) -> None:
     }
     lines = ["", "[tool.mutmut]"]
     lines += [f"{key} = {toml_list(value)}" for key, value in config.items()]
+    # mutmut stops a mutant's tests after (expected seconds + 1) x this, wall
+    # clock: on a loaded machine, a too small factor turns slow runs into
+    # false "timeout" kills
+    lines.append(f"timeout_multiplier = {float(timeout_multiplier)}")
     (scratch / "pyproject.toml").write_text(base + "\n".join(lines) + "\n")
 
 
@@ -225,7 +313,16 @@ def mutmut(scratch: Path, env: Dict[str, str], *args: str, log=None) -> str:
     return proc.stdout or ""
 
 
-def read_statuses(scratch: Path, files: List[str]) -> List[Mutant]:
+def selected(key: str, only: Sequence[str]) -> bool:
+    """Whether the mutant ``key`` matches one of the ``only`` globs (or all)."""
+    return not only or any(fnmatch.fnmatchcase(key, pattern) for pattern in only)
+
+
+def read_statuses(
+    scratch: Path, files: List[str], only: Sequence[str] = ()
+) -> List[Mutant]:
+    """The mutants of ``files`` (those matching ``only``) and their status
+    (``not checked`` when mutmut has not run them yet)."""
     from mutmut.stats import status_by_exit_code
 
     mutants = []
@@ -235,7 +332,8 @@ def read_statuses(scratch: Path, files: List[str]) -> List[Mutant]:
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         for key, code in codes.items():
-            mutants.append(Mutant(key, status_by_exit_code[code], file=name))
+            if selected(key, only):
+                mutants.append(Mutant(key, status_by_exit_code[code], file=name))
     return mutants
 
 
@@ -245,6 +343,18 @@ def function_of(key: str) -> str:
     if mangled.startswith("x_"):
         return mangled[2:]
     return ".".join(p for p in mangled[1:].split("\u01c1") if p)
+
+
+def diff_of(scratch: Path, mutant: Mutant) -> str:
+    """mutmut's diff of ``mutant`` (what ``mutmut show`` prints), in process."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = os.getcwd()
+    os.chdir(scratch)
+    try:
+        return get_diff_for_mutant(mutant.name, path=mutant.file)
+    finally:
+        os.chdir(cwd)
 
 
 def locate(mutant: Mutant, diff: str) -> None:
@@ -293,15 +403,58 @@ def source_hashes(files: List[str]) -> Dict[str, str]:
     return {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() for f in files}
 
 
-def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
+def run_module(
+    module: str,
+    jobs: int,
+    rerun_survivors: bool = False,
+    resume: bool = False,
+    only: Sequence[str] = (),
+    report_only: bool = False,
+    timeout_multiplier: float = 15.0,
+    test_files: Sequence[str] = (),
+) -> Result:
+    """Mutate ``module`` (only the mutants matching the ``only`` globs, if
+    any) and test each mutant; ``resume`` continues an interrupted run of the
+    same sources, ``rerun_survivors`` tests the survivors of the last one."""
     globs, tests = MODULES[module]
     files = source_files(globs)
-    tests = [t for t in tests if (REPO / t.split("::")[0]).exists()]
+    tests = [t for t in test_files or tests if (REPO / t.split("::")[0]).exists()]
     if not files:
         raise SystemExit(f"{module}: none of {globs} exists")
     scratch = REPO / "mutants" / module
     previous: Dict[str, str] = {}
-    if rerun_survivors:
+    names: List[str] = list(only)
+    if report_only:
+        mutants = read_statuses(scratch, files, only)
+        saved = scratch / "statuses.json"  # a rerun of survivors: the merged ones
+        if saved.exists() and json.loads(
+            (scratch / "sources.json").read_text()
+        ) == source_hashes(files):
+            previous = json.loads(saved.read_text())
+        for m in mutants:
+            if m.status == "not checked":
+                m.status = previous.get(m.name, m.status)
+        for m in mutants:
+            if m.status in ("survived", "no tests", "suspicious", "timeout"):
+                locate(m, diff_of(scratch, m))
+        mark_equivalents(mutants, load_equivalents())
+        return Result(module, files, tests, mutants)
+    if resume:
+        copied = [scratch / f for f in files]
+        if not all(
+            c.exists() and c.read_bytes() == (REPO / f).read_bytes()
+            for c, f in zip(copied, files)
+        ):
+            raise SystemExit(
+                f"{module}: no run of these sources in {scratch} to resume: "
+                "run without --resume"
+            )
+        # with --rerun-survivors too: the survivors as well
+        todo = ("not checked", "timeout")
+        todo += ("survived", "no tests") if rerun_survivors else ()
+        previous = {m.name: m.status for m in read_statuses(scratch, files)}
+        names = [n for n, s in previous.items() if s in todo and selected(n, only)]
+    elif rerun_survivors:
         hashes = scratch / "sources.json"
         if not (scratch / "statuses.json").exists() or json.loads(
             hashes.read_text()
@@ -311,6 +464,7 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
                 "run without --rerun-survivors"
             )
         previous = json.loads((scratch / "statuses.json").read_text())
+        names = [n for n, s in previous.items() if s in ("survived", "no tests")]
     elif scratch.exists():
         shutil.rmtree(scratch)
     # mutmut's copy must exist before it starts: an entry of PYTHONPATH that
@@ -318,15 +472,17 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
     # from the editable install instead
     (scratch / "mutants").mkdir(parents=True, exist_ok=True)
     sync_copy(scratch)
-    write_config(scratch, files, tests)
+    if resume or rerun_survivors:
+        refresh_unmutated(scratch, files)
+    write_config(scratch, files, tests, timeout_multiplier)
     env = mutmut_env(scratch, tests)
-    names = [n for n, s in previous.items() if s in ("survived", "no tests")]
     print(f"[{module}] mutating {', '.join(files)} with {', '.join(tests)}")
     print(f"[{module}] log: {scratch / 'mutmut.log'}", flush=True)
-    with open(scratch / "mutmut.log", "w") as log:
-        if not rerun_survivors or names:
+    with open(scratch / "mutmut.log", "a" if resume else "w") as log:
+        if names or not (rerun_survivors or resume):
             mutmut(scratch, env, "run", "--max-children", str(jobs), *names, log=log)
-    mutants = read_statuses(scratch, files)
+    # a resumed run counts every mutant (--only chose which ones run again)
+    mutants = read_statuses(scratch, files, () if resume else only)
     for m in mutants:  # a rerun changes the verdicts of the survivors only
         if m.name in previous and m.name not in names:
             m.status = previous[m.name]
@@ -336,23 +492,26 @@ def run_module(module: str, jobs: int, rerun_survivors: bool) -> Result:
     (scratch / "sources.json").write_text(json.dumps(source_hashes(files)))
     for m in mutants:
         if m.status in ("survived", "no tests", "suspicious", "timeout"):
-            locate(m, mutmut(scratch, env, "show", m.name))
+            locate(m, diff_of(scratch, m))
     mark_equivalents(mutants, load_equivalents())
     return Result(module, files, tests, mutants)
 
 
 def report(results: List[Result]) -> str:
     cols = ["killed", "survived", "equivalent", "timeout", "no tests"]
-    head = f"{'module':<14}{'mutants':>8}" + "".join(f"{c:>11}" for c in cols)
+    head = f"{'module':<20}{'mutants':>8}" + "".join(f"{c:>11}" for c in cols)
     lines = [head + f"{'survival':>10}"]
     for r in results:
         n = len(r.mutants)
         rate = 100.0 * r.surviving / n if n else 0.0
-        row = f"{r.module:<14}{n:>8}" + "".join(f"{r.count(c):>11}" for c in cols)
+        row = f"{r.module:<20}{n:>8}" + "".join(f"{r.count(c):>11}" for c in cols)
         lines.append(row + f"{rate:>9.1f}%")
     other = [m for r in results for m in r.mutants if m.status not in cols]
     if other:
-        lines.append(f"other results: {', '.join(sorted({m.status for m in other}))}")
+        counts = Counter(m.status for m in other)
+        lines.append(
+            "other results: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        )
     for title, status in (("Survivors", "survived"), ("No tests", "no tests")):
         found = [m for r in results for m in r.mutants if m.status == status]
         if found:
@@ -369,6 +528,26 @@ def report(results: List[Result]) -> str:
     return "\n".join(lines)
 
 
+def equivalents_table() -> str:
+    """The equivalents list as a markdown table, one row per reason (the
+    table of docs/testing.md)."""
+    groups: Dict[Tuple[str, str, str], List[Dict[str, str]]] = {}
+    for e in load_equivalents():
+        groups.setdefault((e["file"], e["function"], e["why"]), []).append(e)
+    lines = [
+        "| file | function | mutants | one of them | why it cannot change behaviour |",
+        "|---|---|---|---|---|",
+    ]
+    for (name, function, why), entries in groups.items():
+        before = (entries[0]["before"].splitlines() or [""])[0][:70]
+        after = (entries[0]["after"].splitlines() or ["(removed)"])[0][:70]
+        lines.append(
+            f"| `{name.replace('p2p_hloc/', '')}` | `{function}` | {len(entries)} "
+            f"| `{before}` -> `{after}` | {why} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -379,9 +558,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--jobs", type=int, default=1, help="mutants tested at once")
     p.add_argument(
+        "--tests",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="these test files (or node ids) instead of the module's in MODULES",
+    )
+    p.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        default=15.0,
+        help="a mutant times out after (its tests' expected seconds + 1) x this "
+        "(mutmut's default 15; raise it on a loaded machine)",
+    )
+    p.add_argument(
         "--rerun-survivors",
         action="store_true",
         help="test again only the survivors of the previous run (after adding tests)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: test the mutants not tested yet "
+        "and the timeouts again",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="only the mutants whose mutmut name matches, e.g. "
+        "'p2p_hloc.quantize.core.x_cluster_points__mutmut_*'",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: the results of the last run (the equivalents list "
+        "as it is now)",
     )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument(
@@ -389,12 +602,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="print the survivors as entries of the equivalents list",
     )
+    p.add_argument(
+        "--equivalents-table",
+        action="store_true",
+        help="print the equivalents list as a markdown table and exit",
+    )
     args = p.parse_args(argv)
+    if args.equivalents_table:
+        print(equivalents_table())
+        return 0
     modules = [m for name in args.modules for m in GROUPS.get(name, [name])]
     ensure_mutmut()
     results = []
     for module in dict.fromkeys(modules):
-        results.append(run_module(module, args.jobs, args.rerun_survivors))
+        results.append(
+            run_module(
+                module,
+                args.jobs,
+                args.rerun_survivors,
+                args.resume,
+                args.only,
+                args.report,
+                args.timeout_multiplier,
+                args.tests,
+            )
+        )
         print(report(results[-1:]).splitlines()[1], flush=True)
     print("\n" + report(results))
     if args.template:
