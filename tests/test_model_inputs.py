@@ -263,10 +263,13 @@ def test_cli_match_bf16(tmp_path, golden_dir, golden_weights):
     # threshold 0: every proposal; rows aligned within 16 px (bf16 moves a few)
     ip, ir = align_rows(np.concatenate([d["keypoints0"], d["keypoints1"]], 1), fine, 16)
     err = np.abs(np.concatenate([d["keypoints0"], d["keypoints1"]], 1)[ip] - fine[ir])
-    assert (
-        0 < np.median(err) < 1.0
-        and np.abs(d["scores"][ip] - ref["fine_scores"][ir]).max() < 0.5
-    )
+    dscore = np.abs(d["scores"][ip] - ref["fine_scores"][ir])
+    # measured (AVX2, bf16 emulated): 349 of 350 rows aligned, median coordinate
+    # change 0.067 px, median score change 0.0034 (max 0.40), 10% of the
+    # scores moved by more than 0.05; asserted at about 4x (2x for the share)
+    assert len(ip) >= len(fine) - 3
+    assert 0 < np.median(err) < 0.25 and np.median(dscore) < 0.015
+    assert (dscore > 0.05).mean() < 0.2 and dscore.max() < 0.5
 
 
 def test_cli_coarse_only_and_errors(tmp_path, golden_dir, golden_weights):
