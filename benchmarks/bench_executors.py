@@ -121,7 +121,12 @@ def run_mode(mode: str, folder: Path) -> Dict:
         import ray
 
         t = time.perf_counter()
-        ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
+        ray.init(  # workers at the priority of this process, as match_pairs does
+            num_cpus=n,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config={"worker_niceness": 0},
+        )
         out["ray_init"] = time.perf_counter() - t
     else:
         torch.set_num_threads(n)

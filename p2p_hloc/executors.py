@@ -352,8 +352,12 @@ def _connect(ray, address: Optional[str]) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    else:
-        ray.init(address="local", include_dashboard=False)
+    else:  # workers at this process's priority, not Ray's default niceness 15
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _system_config={"worker_niceness": 0},
+        )
     return True
 
 
