@@ -63,7 +63,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     ),
     "io.raw": (
         ["p2p_hloc/io/raw.py"],
-        ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
+        ["tests/test_mutation_kills_raw.py", "tests/test_io.py"],
     ),
     "io.lock": (
         ["p2p_hloc/io/lock.py"],

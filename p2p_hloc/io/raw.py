@@ -53,14 +53,14 @@ def validate_raw(data: Mapping[str, Any], where: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for k in ("name0", "name1"):
         name = np.asarray(data[k])
-        if name.shape != () or name.dtype.kind not in "US":
+        if name.shape != () or name.dtype.kind not in ("U", "S"):
             raise RawMatchesError(f"{where}: {k} is not a string")
         out[k] = name.item().decode() if name.dtype.kind == "S" else str(name)
     n = None
     for k, shape in (("keypoints0", (2,)), ("keypoints1", (2,)), ("scores", ())):
         a = np.asarray(data[k])
         if (
-            a.dtype.kind not in "fiu"
+            a.dtype.kind not in ("f", "i", "u")
             or a.ndim != 1 + len(shape)
             or a.shape[1:] != shape
         ):
@@ -82,7 +82,7 @@ def validate_raw(data: Mapping[str, Any], where: str) -> Dict[str, Any]:
         s = np.asarray(data[k])
         if (
             s.shape != (2,)
-            or s.dtype.kind not in "fiu"
+            or s.dtype.kind not in ("f", "i", "u")
             or not np.all(np.isfinite(s))
             or not np.all(s == np.round(s))
             or not np.all(s > 1)
@@ -222,7 +222,7 @@ class RawMatches:
             k: np.asarray(to_hloc_coords(pred[k]), _float_type(pred[k]))
             for k in ("keypoints0", "keypoints1")
         }
-        data = {"name0": name0, "name1": name1, **pred, **data}
+        data = {**pred, **data, "name0": name0, "name1": name1}
         validate_raw(data, f"raw matches of the pair ({name0}, {name1})")
         buf = io.BytesIO()
         np.savez(buf, **{k: data[k] for k in RAW_KEYS})
