@@ -72,6 +72,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     "quantize.core": (
         ["p2p_hloc/quantize/core.py"],
         [
+            "tests/test_mutation_kills_quantize_api.py",
             "tests/test_mutation_kills_quantize.py",
             "tests/test_quantize.py",
             "tests/test_quantize_step.py",
@@ -80,6 +81,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     "quantize.in_memory": (
         ["p2p_hloc/quantize/in_memory.py"],
         [
+            "tests/test_mutation_kills_quantize_api.py",
             "tests/test_mutation_kills_quantize.py",
             "tests/test_quantize.py",
             "tests/test_quantize_step.py",
