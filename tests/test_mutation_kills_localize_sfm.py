@@ -152,6 +152,58 @@ def test_the_best_cluster_wins_wherever_it_comes(scene):
         assert log["num_clusters"] == 2 and not set(log["db"]) & set(SIDE)
 
 
+def test_a_tie_in_inliers_goes_to_the_cluster_tried_first(scene):
+    """hloc's rule (only a strictly larger count replaces the best): the
+    main cluster's matches are thinned until it has exactly as many inliers
+    as the side cluster; the cluster tried first (the larger, here the side
+    one) must win, with the pose it gives alone."""
+    rec, pairs = scene["rec"], parse_pairs(scene["pairs_query"])
+    side = write_pairs(
+        scene["root"] / "pairs_tie_side.txt", [(q, r) for q, r in pairs if r in SIDE]
+    )
+    side_results, logs = run(scene, "tie_side.txt", side)
+    target = {q: logs["loc"][q]["num_inliers"] for q in query_names(scene)}
+    matches = scene["root"] / "tie_matches.h5"
+    shutil.copy(scene["matches"], matches)
+    for q in query_names(scene):
+        point_ids = scene["keypoints"][q][1]
+        main = {
+            r: match_ids(point_ids, scene["keypoints"][r][1])[0]
+            for a, r in pairs
+            if a == q and r not in SIDE
+        }
+        found = {}  # query keypoint -> the 3D points it reaches
+        for r, m0 in main.items():
+            image = rec.find_image_with_name(r)
+            for i in np.flatnonzero(m0 > -1):
+                if image.points2D[m0[i]].has_point3D():
+                    found.setdefault(i, set()).add(image.points2D[m0[i]].point3D_id)
+        keep, count = [], 0
+        for i in sorted(found):
+            if count + len(found[i]) <= target[q]:
+                keep.append(i)
+                count += len(found[i])
+        assert count == target[q] > 20
+        for r, m0 in main.items():
+            m0 = np.where(np.isin(np.arange(len(m0)), keep), m0, -1)
+            write_matches(matches, q, r, m0, (m0 > -1).astype(float))
+    main = write_pairs(
+        scene["root"] / "pairs_tie_main.txt",
+        [(q, r) for q, r in pairs if r not in SIDE],
+    )
+    _, logs = run(scene, "tie_main.txt", main, matches=matches)
+    assert {q: logs["loc"][q]["num_inliers"] for q in target} == target
+    results, logs = run(scene, "tie.txt", matches=matches, covisibility_clustering=True)
+    alone, poses = read_poses(side_results), read_poses(results)
+    for q in query_names(scene):
+        log = logs["loc"][q]
+        ids = [rec.find_image_with_name(r).image_id for a, r in pairs if a == q]
+        assert log["num_clusters"] == 2 and log["num_inliers"] == target[q]
+        assert log["db"] == SIDE and len(covisibility_clusters(rec, ids)[0]) == 5
+        t, r = pose_error(poses[q[6:]], alone[q[6:]])
+        assert t < MAX_ERROR[0] and r < MAX_ERROR[1]
+
+
 def test_clusters_keep_the_retrieval_order(scene):
     ids = [
         scene["rec"].find_image_with_name(f"db/{i:03d}.png").image_id

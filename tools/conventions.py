@@ -108,6 +108,14 @@ MUTATIONS = [
         SFM_CLUSTER,
     ),
     Mutation(
+        "sfm_tie_later_cluster",
+        "localize_sfm: on a tie in inliers the cluster tried later wins",
+        "p2p_hloc/localize_sfm.py",
+        'log["num_inliers"] > best["num_inliers"]',
+        'log["num_inliers"] >= best["num_inliers"]',
+        [EXACT_SFM + "test_a_tie_in_inliers_goes_to_the_cluster_tried_first"],
+    ),
+    Mutation(
         "plugin_kp1",
         "hloc_plugin: keypoints1 without corner->hloc -0.5",
         "p2p_hloc/hloc_plugin.py",
