@@ -101,13 +101,18 @@ def test_build_image_immatch():
     edge = [chunk([[47.5, 10], [48.5, 10]], [1, 1])]
     assert len(build_image(edge, method="immatch")[0]) == 2
     assert len(build_image(edge, method="immatch", psize=64)[0]) == 1
+    # radius is immatch's merge distance (dthres, default 4)
+    apart = [chunk([[10, 10], [14.5, 10]], [1, 1])]
+    assert len(build_image(apart, method="immatch", radius=5)[0]) == 1
+    assert len(build_image(apart, method="immatch")[0]) == 2
     with pytest.raises(ValueError, match=r"^unknown quantization method 'kmeans'$"):
         build_image(CHUNKS, method="kmeans")
 
 
 def test_build_image_without_points():
-    kps, sums, labels = build_image([])
-    assert kps.shape == (0, 2) and sums.shape == (0,)
+    for method in ("cluster", "immatch"):
+        kps, sums, labels = build_image([], method=method)
+        assert kps.shape == (0, 2) and sums.shape == (0,) and labels == []
     kps, sums, labels = build_image([chunk(np.zeros((0, 2)), [])])
     assert kps.shape == (0, 2) and [len(x) for x in labels] == [0]
 
@@ -127,7 +132,17 @@ def test_immatch_quantizer_rules():
     # another image starts empty
     assert q.add("b", [[10, 10], [12, 10]]).tolist() == [0, 0]
     np.testing.assert_array_equal(q.get("b"), [[11, 10]])
-    assert q.get("c").shape == (0, 2)
+    assert q.get("c").shape == (0, 2) and q.get("c").dtype == np.float64
+
+
+def test_immatch_quantizer_computes_in_float64():
+    q = ImmatchQuantizer()
+    xy = np.float32([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]])
+    assert q.add("a", xy).tolist() == [0, 0, 0]
+    a, b, c = xy.astype(np.float64)
+    kp = q.get("a")
+    assert kp.dtype == np.float64
+    np.testing.assert_array_equal(kp, [((a + b) / 2 + c) / 2])  # not float32's
 
 
 def test_fixed_labels():
@@ -138,6 +153,9 @@ def test_fixed_labels():
     ids = fixed_labels(CHUNKS, fixed)  # radius 4, every score
     assert [x.tolist() for x in ids] == [[0, 0, -1], [0, 1], [-1, 1, -1]]
     assert fixed_labels([], fixed) == []
+    # the default radius is 4 px
+    far = [chunk([[14.5, 10], [10, 13.5]], [1, 1])]
+    assert fixed_labels(far, fixed)[0].tolist() == [-1, 0]
 
 
 def test_pair_matches():

@@ -34,8 +34,8 @@ def unique_pairs(pairs: Sequence[Pair]) -> List[Pair]:
 def clip_to_image(xy: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """``(N, 2)`` points (hloc's convention) moved strictly inside an image of
     ``size`` ``(W, H)``: ``EDGE <= x <= W - 1 - EDGE``; float64."""
-    hi = np.asarray(size, np.float64) - 1 - EDGE
-    return np.clip(np.asarray(xy, np.float64).reshape(-1, 2), EDGE, hi)
+    hi = np.subtract(size, 1 + EDGE)  # float64 whatever the type of size
+    return np.clip(np.reshape(xy, (-1, 2)), EDGE, hi)
 
 
 def _neighbours(points: np.ndarray, radius: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -260,7 +260,7 @@ class ImmatchQuantizer:
     """The authors' quantization (exact parity with image-matching-toolbox).
 
     Per image, points are visited in the order given; a point joins the nearest
-    centre of its ``psize`` cell (``floor(p / psize) * psize``) if closer than
+    centre of its ``psize`` cell (``floor(p / psize)``) if closer than
     ``dthres`` and the centre moves to the midpoint ``(centre + p) / 2``;
     otherwise it starts a new keypoint. State is shared by all pairs.
     """
@@ -275,7 +275,7 @@ class ImmatchQuantizer:
         kps = self.keypoints.setdefault(name, [])
         cells = self.cells.setdefault(name, {})
         points = np.asarray(points, np.float64).reshape(-1, 2)
-        keys = np.floor(points / self.psize) * self.psize
+        keys = np.floor(points / self.psize)
         ids = np.empty(len(points), np.int64)
         for n, (p, key) in enumerate(zip(points, map(tuple, keys))):
             if key in cells:
@@ -297,7 +297,7 @@ class ImmatchQuantizer:
 
     def get(self, name: str) -> np.ndarray:
         """``(K, 2)`` keypoints of an image, in id order."""
-        return np.asarray(self.keypoints.get(name, []), np.float64).reshape(-1, 2)
+        return np.reshape(self.keypoints.get(name, []), (-1, 2))
 
 
 Chunk = Tuple[np.ndarray, np.ndarray]  # (M, 2) clipped points, (M,) scores
@@ -343,21 +343,21 @@ def build_image(
     else:
         raise ValueError(f"unknown quantization method {method!r}")
     remap = top_keypoints(sums, max_kps)
-    full = np.full(len(points), -1, np.int64)
+    full = np.full(len(points), -1)
     full[valid] = remap[labels]
     keep = remap >= 0
-    return kps[keep], sums[keep], np.split(full, splits)
+    return kps[keep], sums[keep], np.split(full, splits) if len(chunks) else []
 
 
 def _gather(chunks: Sequence[Chunk], min_score: float):
     """All points ``(M, 2)`` and scores ``(M,)`` float64 of the chunks, the
     mask of scores at least ``min_score`` and where the chunks split."""
+    points = np.concatenate(
+        [np.zeros((0, 2))] + [np.reshape(p, (-1, 2)) for p, _ in chunks]
+    )
+    scores = np.concatenate([np.zeros(0)] + [s for _, s in chunks])
     splits = np.cumsum([len(s) for _, s in chunks])[:-1]
-    if len(chunks) == 0:
-        return np.zeros((0, 2)), np.zeros(0), np.zeros(0, bool), splits
-    points = np.concatenate([p for p, _ in chunks]).astype(np.float64, copy=False)
-    scores = np.concatenate([s for _, s in chunks]).astype(np.float64, copy=False)
-    return points.reshape(-1, 2), scores, scores >= min_score, splits
+    return points, scores, scores >= min_score, splits
 
 
 def fixed_labels(
@@ -369,7 +369,7 @@ def fixed_labels(
     """Per chunk, the index of the fixed keypoint ``(K, 2)`` each point snaps
     to (``assign_fixed``), -1 for none or a score below ``min_score``."""
     points, _, valid, splits = _gather(chunks, min_score)
-    ids = np.full(len(points), -1, np.int64)
+    ids = np.full(len(points), -1)
     ids[valid] = assign_fixed(points[valid], keypoints, radius)
     return np.split(ids, splits) if len(chunks) else []
 
