@@ -4,7 +4,6 @@ PyPI).
 """
 
 import shutil
-import sys
 
 import h5py
 import numpy as np
@@ -223,11 +222,3 @@ def test_triangulation_on_pycolmap_4(fake_hloc, aachen_v1_1_layout, tmp_path, lo
     assert hloc.triangulation.main is triangulation.main
     rec = hloc.triangulation.main(tmp_path / "fixed_sfm", *args)
     assert rec.num_points3D() > 200
-
-
-def test_register_without_hloc(monkeypatch):
-    from p2p_hloc.hloc_plugin import register
-
-    monkeypatch.setitem(sys.modules, "hloc", None)
-    with pytest.raises(ImportError, match="Hierarchical-Localization"):
-        register()
