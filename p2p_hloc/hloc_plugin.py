@@ -113,7 +113,6 @@ def dispatch_match_dense(own: Callable) -> Callable:
     """``hloc.match_dense.main`` that runs ``p2p_hloc.match_dense.main`` for
     our confs and hloc's ``own`` for the others."""
 
-    @functools.wraps(own)
     def main(conf, *args, **kwargs):
         if not is_ours(conf):
             return own(conf, *args, **kwargs)
@@ -121,21 +120,21 @@ def dispatch_match_dense(own: Callable) -> Callable:
 
         return match_dense.main(conf, *args, **kwargs)
 
-    return main
+    # not a decorator: mutmut (tools/mutation.py) skips decorated functions
+    return functools.update_wrapper(main, own)
 
 
 def check_triangulation(own: Callable) -> Callable:
     """``hloc.triangulation.main`` that logs an error when the model it
     returns has no 3D point."""
 
-    @functools.wraps(own)
     def main(*args, **kwargs):
         reconstruction = own(*args, **kwargs)
         if reconstruction is not None and reconstruction.num_points3D() == 0:
             logger.error("hloc.triangulation produced no 3D points. %s", FIX)
         return reconstruction
 
-    return main
+    return functools.update_wrapper(main, own)  # as above
 
 
 def pycolmap_major() -> int:

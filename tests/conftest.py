@@ -1,5 +1,6 @@
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,20 @@ def inloc_layout(tmp_path_factory) -> dict:
     from p2p_hloc.synthetic_layouts import inloc
 
     return inloc(tmp_path_factory.mktemp("inloc"))
+
+
+@pytest.fixture
+def fake_hloc(tmp_path, monkeypatch):
+    """The minimal ``hloc`` of helpers_hloc.py as the importable ``hloc``
+    (fresh for each test: no hloc module of another test stays loaded)."""
+    from helpers_hloc import write_fake_hloc
+
+    monkeypatch.syspath_prepend(str(write_fake_hloc(tmp_path / "fake_hloc")))
+    for name in [m for m in sys.modules if m == "hloc" or m.startswith("hloc.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [m for m in sys.modules if m == "hloc" or m.startswith("hloc.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture
