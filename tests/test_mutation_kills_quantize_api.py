@@ -242,6 +242,13 @@ def test_quantize_pairs_with_fixed_keypoints():
     assert q.labels[0][1].tolist() == [1, 0, -1] and q.labels[2][0].tolist() == [1, -1]
     q = quantize_pairs(PAIRS, RAW, fixed, radius=0.75)
     assert q.labels[0][1].tolist() == [1, -1, -1]
+    # min_score applies to the points of fixed images too: (5, 5) in b has
+    # the scores 0.4 (pair a-b) and 0.3 (pair b-c)
+    q = quantize_pairs(PAIRS, RAW, {"b": np.array([[5, 5]])}, min_score=0.35)
+    assert q.labels[0][1].tolist() == [-1, -1, 0] and q.labels[2][0].tolist() == [
+        -1,
+        -1,
+    ]
 
 
 def test_quantize_pairs_takes_the_first_of_repeated_pairs():
