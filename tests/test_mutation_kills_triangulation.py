@@ -3,6 +3,7 @@ verified geometry and option checked where the mutation run
 (tools/mutation.py) found them untested."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pycolmap
@@ -290,3 +291,89 @@ def test_command_line(scene, capsys, caplog):
     for i in range(0, len(args), 2):
         with pytest.raises(SystemExit):
             triangulation.parser().parse_args(args[:i] + args[i + 2 :])
+
+
+def two_views(focal0: float, focal1: float, rotation, translation):
+    """Two images of a model: the first at the origin, the second at the
+    ``(axis-angle rotation, translation)`` cam_from_world, with their cameras."""
+    rec = pycolmap.Reconstruction()
+    for i, focal in ((1, focal0), (2, focal1)):
+        camera = pycolmap.Camera(
+            model="SIMPLE_PINHOLE",
+            width=640,
+            height=480,
+            params=[focal, 320, 240],
+            camera_id=i,
+        )
+        rec.add_camera_with_trivial_rig(camera)
+    pose = pycolmap.Rigid3d(pycolmap.Rotation3d(np.asarray(rotation)), translation)
+    for i, cam_from_world in ((1, pycolmap.Rigid3d()), (2, pose)):
+        image = pycolmap.Image(name=f"{i}.png", camera_id=i, image_id=i)
+        rec.add_image_with_trivial_frame(image, cam_from_world)
+    return [(rec.images[i], rec.cameras[i]) for i in (1, 2)]
+
+
+def test_epipolar_inliers_general_motion():
+    """A motion along every axis and cameras of different focal lengths:
+    correspondences moved up to 8 px off are inliers iff both pixel distances
+    to the epipolar lines (fundamental matrix) are within max_error (4 px by
+    default)."""
+    (im0, cam0), (im1, cam1) = two_views(480.0, 500.0, [0.1, -0.2, 0.15], [1, 0.5, 0.3])
+    rng = np.random.default_rng(1)
+    kp0 = rng.uniform([100, 100], [540, 380], (3000, 2))
+    rays = np.c_[cam0.cam_from_img(kp0), np.ones(len(kp0))]
+    xyz = rays * rng.uniform(4, 10, (len(kp0), 1))
+    kp1 = np.array([cam1.img_from_cam(im1.cam_from_world() * p) for p in xyz])
+    kp0 = kp0 + rng.uniform(-8, 8, kp0.shape)
+    kp1 = kp1 + rng.uniform(-8, 8, kp1.shape)
+    K0, K1 = cam0.calibration_matrix(), cam1.calibration_matrix()
+    t = im1.cam_from_world().translation
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    R = im1.cam_from_world().rotation.matrix()
+    F = np.linalg.inv(K1).T @ tx @ R @ np.linalg.inv(K0)
+    x0, x1 = np.c_[kp0, np.ones(len(kp0))], np.c_[kp1, np.ones(len(kp1))]
+    line1, line0 = x0 @ F.T, x1 @ F
+    err = np.abs(np.sum(x1 * line1, -1))
+    d0 = err / np.linalg.norm(line0[:, :2], axis=-1)
+    d1 = err / np.linalg.norm(line1[:, :2], axis=-1)
+    for max_error in (1.0, 3.0, 4.0, 6.0):
+        mask = epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1, max_error)
+        np.testing.assert_array_equal(mask, (d0 <= max_error) & (d1 <= max_error))
+        assert 0 < mask.sum() < len(mask)
+    default = epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1)
+    np.testing.assert_array_equal(default, (d0 <= 4) & (d1 <= 4))
+    assert (np.maximum(d0, d1) > 4).any() and (np.maximum(d0, d1) < 5).any()
+    assert ((d0 <= 4) & (d1 > 4)).any() and ((d0 > 4) & (d1 <= 4)).any()
+
+
+def test_option_values_with_equal_signs():
+    """The first '=' separates the key: image names may hold one."""
+    defaults = pycolmap.IncrementalPipelineOptions()
+    assert parse_option_args(["image_names=['db/a=1.png']"], defaults) == {
+        "image_names": ["db/a=1.png"]
+    }
+
+
+def test_command_line_values_and_help():
+    """Paths parse as Path, flags need no value, the score is a float; the
+    help names the command, says what it does and how options are given."""
+    paths = ["sfm_dir", "reference_sfm_model", "image_dir", "pairs"]
+    paths += ["features", "matches"]
+    args = [a for name in paths for a in (f"--{name}", f"x/{name}")]
+    flags = ["skip_geometric_verification", "estimate_two_view_geometries"]
+    flags += ["verbose", "overwrite"]
+    ns = triangulation.parser().parse_args(
+        args + [f"--{f}" for f in flags] + ["--min_match_score", "0.25"]
+    )
+    for name in paths:
+        assert getattr(ns, name) == Path(f"x/{name}"), name
+        assert isinstance(getattr(ns, name), Path), name
+    assert all(getattr(ns, f) is True for f in flags)
+    assert ns.min_match_score == 0.25 and isinstance(ns.min_match_score, float)
+    assert triangulation.parser().parse_args(
+        args + ["--max_epipolar_error", "2"]
+    ).max_epipolar_error == pytest.approx(2.0)
+    text = " ".join(triangulation.parser().format_help().split())
+    assert text.startswith("usage: python -m p2p_hloc.triangulation ")
+    assert "Triangulate 3D points in a reference model with known poses" in text
+    assert "--mapper_options KEY=VALUE [KEY=VALUE ...]" in text
