@@ -12,7 +12,13 @@ from helpers_exact import exact_scene, match_ids
 
 from p2p_hloc import triangulation
 from p2p_hloc.console import InputError, run_cli
-from p2p_hloc.io import parse_pairs, write_matches, write_pairs
+from p2p_hloc.io import (
+    parse_pairs,
+    to_hloc_coords,
+    write_keypoints,
+    write_matches,
+    write_pairs,
+)
 from p2p_hloc.triangulation import (
     MODEL_FILES,
     TriangulationError,
@@ -377,3 +383,49 @@ def test_command_line_values_and_help():
     assert text.startswith("usage: python -m p2p_hloc.triangulation ")
     assert "Triangulate 3D points in a reference model with known poses" in text
     assert "--mapper_options KEY=VALUE [KEY=VALUE ...]" in text
+
+
+def test_interrupted_move_leaves_no_complete_model(tmp_path):
+    """A move that fails half-way (a file missing) leaves the old model
+    without its points3D.bin: it is not taken for a finished model."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    for f in MODEL_FILES:
+        (src / f).write_text(f"new {f}")
+        (dst / f).write_text(f"old {f}")
+    (src / "frames.bin").unlink()
+    with pytest.raises(FileNotFoundError):
+        move_model(src, dst)
+    assert not triangulation.model_exists(dst)
+    assert not (dst / "points3D.bin").exists()
+    assert (dst / "images.bin").read_text() == "new images.bin"
+
+
+def test_pose_verification_default_threshold(scene, tmp_path, capsys):
+    """Called without max_error, the pose verification keeps the matches
+    within 4 px of their epipolar lines (a second image's keypoints moved
+    by 3 px: some of them are 4 to 5 px off), as CALIBRATED inliers."""
+    (a, b), *_ = parse_pairs(scene["pairs_db"])
+    features = tmp_path / "f.h5"
+    shutil.copy(scene["features"], features)
+    xy, _ = scene["keypoints"][b]
+    write_keypoints(features, b, to_hloc_coords(xy + [3.0, -3.0]), (480, 360))
+    reference = pycolmap.Reconstruction(scene["reference"])
+    database = tmp_path / "database.db"
+    ids = triangulation.create_db_from_model(reference, database)
+    ids = triangulation.import_features(ids, database, features)
+    m0, _ = match_ids(scene["keypoints"][a][1], scene["keypoints"][b][1])
+    m = np.c_[np.flatnonzero(m0 > -1), m0[m0 > -1]]
+    triangulation.write_matches_and_geometries(
+        reference, ids, database, features, {(a, b): m}
+    )
+    assert "import matches" in capsys.readouterr().err
+    im0, im1 = (reference.images[ids[n]] for n in (a, b))
+    cameras = reference.cameras[im0.camera_id], reference.cameras[im1.camera_id]
+    kp0, kp1 = scene["keypoints"][a][0][m[:, 0]], xy[m[:, 1]] + [3.0, -3.0]
+    keep = epipolar_inliers(kp0, kp1, im0, im1, *cameras, 4.0)
+    assert keep.sum() != epipolar_inliers(kp0, kp1, im0, im1, *cameras, 5.0).sum()
+    with pycolmap.Database.open(database) as db:
+        (pair,), (geometry,) = db.read_two_view_geometries()
+    assert geometry.config == pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    np.testing.assert_array_equal(geometry.inlier_matches, m[keep])
