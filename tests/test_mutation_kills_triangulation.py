@@ -430,3 +430,33 @@ def test_pose_verification_default_threshold(scene, tmp_path, capsys):
         (pair,), (geometry,) = db.read_two_view_geometries()
     assert geometry.config == pycolmap.TwoViewGeometryConfiguration.CALIBRATED
     np.testing.assert_array_equal(geometry.inlier_matches, m[keep])
+
+
+def test_new_nested_folder_and_a_stale_temporary_one(scene):
+    """sfm_dir is made with its parents; a temporary folder left by an
+    interrupted run is replaced."""
+    rec = run(scene, "new/nested/sfm")
+    assert pycolmap.Reconstruction(scene["root"] / "new/nested/sfm").num_points3D()
+    check_points(scene, rec)
+    stale = scene["root"] / "sfm_stale" / "triangulation.tmp"
+    stale.mkdir(parents=True)
+    (stale / "points3D.bin").write_text("stale")
+    rec = run(scene, "sfm_stale")
+    assert not stale.exists()
+    on_disk = pycolmap.Reconstruction(scene["root"] / "sfm_stale")
+    assert on_disk.num_points3D() == rec.num_points3D() > 350
+
+
+def test_a_single_point_is_a_model(scene, tmp_path):
+    """One pair with one match: one 3D point, written, not an error."""
+    (a, b), *_ = parse_pairs(scene["pairs_db"])
+    m0, scores = match_ids(scene["keypoints"][a][1], scene["keypoints"][b][1])
+    m0[np.flatnonzero(m0 > -1)[1:]] = -1
+    matches = tmp_path / "m.h5"
+    write_matches(matches, a, b, m0, scores)
+    pairs = write_pairs(tmp_path / "p.txt", [(a, b)])
+    options = {"min_num_matches": 1, "triangulation": {"ignore_two_view_tracks": False}}
+    rec = run(scene, "sfm_one", pairs, matches=matches, mapper_options=options)
+    assert rec.num_points3D() == 1
+    check_points(scene, rec)
+    assert pycolmap.Reconstruction(scene["root"] / "sfm_one").num_points3D() == 1
