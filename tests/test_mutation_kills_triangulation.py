@@ -38,7 +38,7 @@ def scene(tmp_path_factory):
 def run(scene, name, pairs=None, **kw):
     return triangulation.main(
         scene["root"] / name,
-        scene["reference"],
+        kw.pop("reference_model", scene["reference"]),
         scene["images"],
         pairs or scene["pairs_db"],
         kw.pop("features", scene["features"]),
@@ -425,11 +425,26 @@ def test_pose_verification_default_threshold(scene, tmp_path, capsys):
     cameras = reference.cameras[im0.camera_id], reference.cameras[im1.camera_id]
     kp0, kp1 = scene["keypoints"][a][0][m[:, 0]], xy[m[:, 1]] + [3.0, -3.0]
     keep = epipolar_inliers(kp0, kp1, im0, im1, *cameras, 4.0)
-    assert keep.sum() != epipolar_inliers(kp0, kp1, im0, im1, *cameras, 5.0).sum()
+    keep5 = epipolar_inliers(kp0, kp1, im0, im1, *cameras, 5.0)
+    assert keep.sum() != keep5.sum()
     with pycolmap.Database.open(database) as db:
         (pair,), (geometry,) = db.read_two_view_geometries()
     assert geometry.config == pycolmap.TwoViewGeometryConfiguration.CALIBRATED
     np.testing.assert_array_equal(geometry.inlier_matches, m[keep])
+    # main's max_epipolar_error reaches the verification
+    pairs = write_pairs(tmp_path / "p.txt", [(a, b)])
+    options = {"triangulation": {"ignore_two_view_tracks": False}}
+    run(
+        scene,
+        "sfm_5px",
+        pairs,
+        features=features,
+        mapper_options=options,
+        max_epipolar_error=5.0,
+    )
+    with pycolmap.Database.open(scene["root"] / "sfm_5px" / "database.db") as db:
+        (pair,), (geometry,) = db.read_two_view_geometries()
+    np.testing.assert_array_equal(geometry.inlier_matches, m[keep5])
 
 
 def test_new_nested_folder_and_a_stale_temporary_one(scene):
@@ -460,3 +475,39 @@ def test_a_single_point_is_a_model(scene, tmp_path):
     assert rec.num_points3D() == 1
     check_points(scene, rec)
     assert pycolmap.Reconstruction(scene["root"] / "sfm_one").num_points3D() == 1
+
+
+def test_model_ids_are_kept(scene, tmp_path):
+    """A reference whose camera, rig, frame and image ids do not count from 1
+    (a model cut from a larger one): the same ids in the database and the
+    triangulated model, and true points."""
+    old = pycolmap.Reconstruction(scene["reference"])
+    new = pycolmap.Reconstruction()
+    for camera in old.cameras.values():
+        camera.camera_id += 10
+        new.add_camera_with_trivial_rig(camera)  # rig_id = camera_id
+    for image in old.images.values():
+        pose = image.cam_from_world()
+        renamed = pycolmap.Image(
+            name=image.name,
+            camera_id=image.camera_id + 10,
+            image_id=image.image_id + 20,
+        )
+        new.add_image_with_trivial_frame(renamed, pose)  # frame_id = image_id
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    new.write(reference)
+    rec = run(scene, "sfm_ids", reference_model=reference)
+    check_points(scene, rec)
+    assert rec.num_points3D() > 350
+    for image in rec.images.values():
+        original = old.find_image_with_name(image.name)
+        assert image.image_id == original.image_id + 20
+        assert image.camera_id == original.camera_id + 10
+    with pycolmap.Database.open(scene["root"] / "sfm_ids" / "database.db") as db:
+        assert sorted(c.camera_id for c in db.read_all_cameras()) == sorted(new.cameras)
+        assert sorted(r.rig_id for r in db.read_all_rigs()) == sorted(new.rigs)
+        assert sorted(f.frame_id for f in db.read_all_frames()) == sorted(new.frames)
+        assert {i.name: i.image_id for i in db.read_all_images()} == {
+            i.name: i.image_id for i in new.images.values()
+        }
