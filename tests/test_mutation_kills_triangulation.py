@@ -420,7 +420,8 @@ def test_pose_verification_default_threshold(scene, tmp_path, capsys):
         reference, ids, database, features, {(a, b): m}
     )
     progress = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    assert any(line.startswith("import matches: 100%") for line in progress)
+    for step in ("import features", "import matches"):
+        assert any(line.startswith(f"{step}: 100%") for line in progress)
     im0, im1 = (reference.images[ids[n]] for n in (a, b))
     cameras = reference.cameras[im0.camera_id], reference.cameras[im1.camera_id]
     kp0, kp1 = scene["keypoints"][a][0][m[:, 0]], xy[m[:, 1]] + [3.0, -3.0]
