@@ -2,6 +2,7 @@
 verified geometry and option checked where the mutation run
 (tools/mutation.py) found them untested."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def test_images_without_keypoints_get_no_points(scene, tmp_path, logs):
         and "(e.g. db/001.png)" in logs.text
     )
     assert "absent from the model or without keypoints" in logs.text
-    image = rec.find_image_with_name("db/001.png")
-    assert image.num_points3D == 0 and len(image.points2D) == 0
+    for image in rec.images.values():  # the images after it have theirs
+        has_keypoints = image.name != "db/001.png"
+        assert (image.num_points3D > 0) == (len(image.points2D) > 0) == has_keypoints
     check_points(scene, rec)
 
 
@@ -401,51 +403,88 @@ def test_interrupted_move_leaves_no_complete_model(tmp_path):
     assert (dst / "images.bin").read_text() == "new images.bin"
 
 
-def test_pose_verification_default_threshold(scene, tmp_path, capsys):
-    """Called without max_error, the pose verification keeps the matches
-    within 4 px of their epipolar lines (a second image's keypoints moved
-    by 3 px: some of them are 4 to 5 px off), as CALIBRATED inliers."""
+@pytest.fixture(scope="module")
+def shifted(scene, tmp_path_factory):
+    """The first pair of ``pairs_db`` (its matches ``m`` (K, 2)) with the
+    second image's keypoints moved by (3, -3) px, and which matches are within
+    0.01, 4 and 5 px of their epipolar lines (``keep``)."""
+    root = tmp_path_factory.mktemp("shifted")
     (a, b), *_ = parse_pairs(scene["pairs_db"])
-    features = tmp_path / "f.h5"
+    features = root / "f.h5"
     shutil.copy(scene["features"], features)
     xy, _ = scene["keypoints"][b]
     write_keypoints(features, b, to_hloc_coords(xy + [3.0, -3.0]), (480, 360))
+    m0, _ = match_ids(scene["keypoints"][a][1], scene["keypoints"][b][1])
+    m = np.c_[np.flatnonzero(m0 > -1), m0[m0 > -1]]
+    reference = pycolmap.Reconstruction(scene["reference"])
+    im0, im1 = (reference.find_image_with_name(n) for n in (a, b))
+    cameras = reference.cameras[im0.camera_id], reference.cameras[im1.camera_id]
+    kp0, kp1 = scene["keypoints"][a][0][m[:, 0]], xy[m[:, 1]] + [3.0, -3.0]
+    keep = {e: epipolar_inliers(kp0, kp1, im0, im1, *cameras, e) for e in (0.01, 4, 5)}
+    assert keep[4].sum() != keep[5].sum() and keep[0.01].sum() < len(m) / 10
+    pairs = write_pairs(root / "p.txt", [(a, b)])
+    return dict(pair=(a, b), features=features, m=m, keep=keep, pairs=pairs)
+
+
+def inlier_matches(database):
+    with pycolmap.Database.open(database) as db:
+        (_,), (geometry,) = db.read_two_view_geometries()
+    return geometry
+
+
+def test_pose_verification_default_threshold(scene, shifted, tmp_path, capsys):
+    """Called without max_error, the pose verification keeps the matches
+    within 4 px of their epipolar lines (a second image's keypoints moved
+    by 3 px: some of them are 4 to 5 px off), as CALIBRATED inliers."""
     reference = pycolmap.Reconstruction(scene["reference"])
     database = tmp_path / "database.db"
     ids = triangulation.create_db_from_model(reference, database)
-    ids = triangulation.import_features(ids, database, features)
-    m0, _ = match_ids(scene["keypoints"][a][1], scene["keypoints"][b][1])
-    m = np.c_[np.flatnonzero(m0 > -1), m0[m0 > -1]]
+    ids = triangulation.import_features(ids, database, shifted["features"])
     triangulation.write_matches_and_geometries(
-        reference, ids, database, features, {(a, b): m}
+        reference, ids, database, shifted["features"], {shifted["pair"]: shifted["m"]}
     )
     progress = capsys.readouterr().err.replace("\r", "\n").splitlines()
     for step in ("import features", "import matches"):
         assert any(line.startswith(f"{step}: 100%") for line in progress)
-    im0, im1 = (reference.images[ids[n]] for n in (a, b))
-    cameras = reference.cameras[im0.camera_id], reference.cameras[im1.camera_id]
-    kp0, kp1 = scene["keypoints"][a][0][m[:, 0]], xy[m[:, 1]] + [3.0, -3.0]
-    keep = epipolar_inliers(kp0, kp1, im0, im1, *cameras, 4.0)
-    keep5 = epipolar_inliers(kp0, kp1, im0, im1, *cameras, 5.0)
-    assert keep.sum() != keep5.sum()
-    with pycolmap.Database.open(database) as db:
-        (pair,), (geometry,) = db.read_two_view_geometries()
+    geometry = inlier_matches(database)
     assert geometry.config == pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-    np.testing.assert_array_equal(geometry.inlier_matches, m[keep])
-    # main's max_epipolar_error reaches the verification
-    pairs = write_pairs(tmp_path / "p.txt", [(a, b)])
-    options = {"triangulation": {"ignore_two_view_tracks": False}}
+    m = shifted["m"]
+    np.testing.assert_array_equal(geometry.inlier_matches, m[shifted["keep"][4]])
+
+
+@pytest.mark.parametrize("max_error", [None, 5])
+def test_main_pose_verification_threshold(scene, shifted, max_error):
+    """main's max_epipolar_error (4 px by default) reaches the pose
+    verification."""
+    kw = {} if max_error is None else {"max_epipolar_error": max_error}
     run(
         scene,
-        "sfm_5px",
-        pairs,
-        features=features,
-        mapper_options=options,
-        max_epipolar_error=5.0,
+        f"sfm_{max_error}px",
+        shifted["pairs"],
+        features=shifted["features"],
+        mapper_options={"triangulation": {"ignore_two_view_tracks": False}},
+        **kw,
     )
-    with pycolmap.Database.open(scene["root"] / "sfm_5px" / "database.db") as db:
-        (pair,), (geometry,) = db.read_two_view_geometries()
-    np.testing.assert_array_equal(geometry.inlier_matches, m[keep5])
+    geometry = inlier_matches(scene["root"] / f"sfm_{max_error}px" / "database.db")
+    keep = shifted["keep"][max_error or 4]
+    np.testing.assert_array_equal(geometry.inlier_matches, shifted["m"][keep])
+
+
+def test_estimate_two_view_geometries_ignores_the_poses(scene, shifted):
+    """With estimate_two_view_geometries, RANSAC (not the known poses, here
+    off by 3 px) decides: nearly every match is an inlier even at a 0.01 px
+    max_epipolar_error."""
+    run(
+        scene,
+        "sfm_ransac_shifted",
+        shifted["pairs"],
+        features=shifted["features"],
+        mapper_options={"triangulation": {"ignore_two_view_tracks": False}},
+        estimate_two_view_geometries=True,
+        max_epipolar_error=0.01,
+    )
+    geometry = inlier_matches(scene["root"] / "sfm_ransac_shifted" / "database.db")
+    assert len(geometry.inlier_matches) > 0.9 * len(shifted["m"])
 
 
 def test_new_nested_folder_and_a_stale_temporary_one(scene):
@@ -512,3 +551,20 @@ def test_model_ids_are_kept(scene, tmp_path):
         assert {i.name: i.image_id for i in db.read_all_images()} == {
             i.name: i.image_id for i in new.images.values()
         }
+
+
+def test_min_match_score_reaches_the_import(scene):
+    """Every exact match has the score 1: a min_match_score of 1 leaves none."""
+    with pytest.raises(TriangulationError, match="no pair of .* has matches"):
+        run(scene, "sfm_score", min_match_score=1.0)
+    assert run(scene, "sfm_score", min_match_score=0.5).num_points3D() > 350
+
+
+def test_colmap_messages_only_when_verbose(scene, capfd):
+    """COLMAP's INFO lines (glog: 'I<date> ...') reach stderr with verbose
+    only."""
+    capfd.readouterr()
+    run(scene, "sfm_quiet")
+    assert not re.search(r"^I\d{8} ", capfd.readouterr().err, re.M)
+    run(scene, "sfm_verbose", verbose=True)
+    assert re.search(r"^I\d{8} ", capfd.readouterr().err, re.M)
