@@ -473,7 +473,7 @@ def test_main_pose_verification_threshold(scene, shifted, max_error):
 def test_estimate_two_view_geometries_ignores_the_poses(scene, shifted):
     """With estimate_two_view_geometries, RANSAC (not the known poses, here
     off by 3 px) decides: nearly every match is an inlier even at a 0.01 px
-    max_epipolar_error."""
+    max_epipolar_error; the pairs it verified are listed beside the model."""
     run(
         scene,
         "sfm_ransac_shifted",
@@ -483,8 +483,10 @@ def test_estimate_two_view_geometries_ignores_the_poses(scene, shifted):
         estimate_two_view_geometries=True,
         max_epipolar_error=0.01,
     )
-    geometry = inlier_matches(scene["root"] / "sfm_ransac_shifted" / "database.db")
+    sfm_dir = scene["root"] / "sfm_ransac_shifted"
+    geometry = inlier_matches(sfm_dir / "database.db")
     assert len(geometry.inlier_matches) > 0.9 * len(shifted["m"])
+    assert parse_pairs(sfm_dir / "pairs-verified.txt") == [shifted["pair"]]
 
 
 def test_new_nested_folder_and_a_stale_temporary_one(scene):
