@@ -570,3 +570,38 @@ def test_colmap_messages_only_when_verbose(scene, capfd):
     assert not re.search(r"^I\d{8} ", capfd.readouterr().err, re.M)
     run(scene, "sfm_verbose", verbose=True)
     assert re.search(r"^I\d{8} ", capfd.readouterr().err, re.M)
+
+
+def test_pairs_missing_from_the_files_are_reported(scene, logs):
+    """A pair absent from the matches file, or naming an image absent from
+    the model, is skipped with an example; the pairs after it are read."""
+    (a, b), (c, d) = parse_pairs(scene["pairs_db"])[:2]
+    listed = {frozenset(p) for p in parse_pairs(scene["pairs_db"])}
+    listed |= {frozenset(p) for p in parse_pairs(scene["pairs_query"])}
+    names = sorted(scene["keypoints"])
+    x, y = next((x, y) for x in names for y in names if x < y and {x, y} not in listed)
+    pairs = write_pairs(
+        scene["root"] / "p_missing.txt", [(x, y), (a, "db/no.png"), (c, d)]
+    )
+    ids = {n: i for i, n in enumerate(names, 1)}
+    out = read_pair_matches(ids, pairs, scene["matches"])
+    assert list(out) == [(c, d)]
+    assert f"no matches in {scene['matches']}, e.g. ('{x}', '{y}')." in logs.text
+    assert (
+        f"absent from the model or without keypoints, e.g. ('{a}', 'db/no.png')."
+        in logs.text
+    )
+
+
+def test_epipolar_inliers_at_the_threshold():
+    """A match exactly max_error px from its epipolar lines is an inlier
+    (a sideways motion: horizontal lines; focal 256 px: exact arithmetic)."""
+    (im0, cam0), (im1, cam1) = two_views(256.0, 256.0, [0, 0, 0], [1, 0, 0])
+    kp0 = np.array([[400.0, 250.0], [400.0, 250.0], [100.0, 300.0]])
+    kp1 = np.array([[300.0, 254.0], [300.0, 246.0], [150.0, 304.5]])
+    np.testing.assert_array_equal(
+        epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1), [True, True, False]
+    )
+    np.testing.assert_array_equal(
+        epipolar_inliers(kp0, kp1, im0, im1, cam0, cam1, 4.5), [True, True, True]
+    )
