@@ -352,9 +352,7 @@ def build_image(
 def _gather(chunks: Sequence[Chunk], min_score: float):
     """All points ``(M, 2)`` and scores ``(M,)`` float64 of the chunks, the
     mask of scores at least ``min_score`` and where the chunks split."""
-    points = np.concatenate(
-        [np.zeros((0, 2))] + [np.reshape(p, (-1, 2)) for p, _ in chunks]
-    )
+    points = np.concatenate([np.zeros((0, 2))] + [p for p, _ in chunks])
     scores = np.concatenate([np.zeros(0)] + [s for _, s in chunks])
     splits = np.cumsum([len(s) for _, s in chunks])[:-1]
     return points, scores, scores >= min_score, splits
