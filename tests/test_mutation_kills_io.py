@@ -268,3 +268,48 @@ def test_lock_file_name(tmp_path):
     with file_lock(tmp_path / "sub" / "features.h5", "testing") as path:
         assert path == tmp_path / "sub" / "features.h5.lock"
         assert path.read_text().endswith(": testing")
+
+
+def test_read_model_names_the_folder(tmp_path):
+    """A missing folder, one without model files and one with damaged files
+    give a ModelError (an InputError: one line, exit 2 in the commands)
+    naming the folder; a model reads from a Path or a str."""
+    import pycolmap
+
+    from p2p_hloc.console import InputError
+    from p2p_hloc.io import ModelError, read_model
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(
+        ModelError, match=rf"^COLMAP model folder not found: {missing}$"
+    ):
+        read_model(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(
+        InputError, match=rf"^cannot read the COLMAP model in {empty}: .*do not exist"
+    ):
+        read_model(empty)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        (damaged / name).write_bytes(b"\x07" * 5)
+    with pytest.raises(
+        ModelError, match=rf"^cannot read the COLMAP model in {damaged}: "
+    ):
+        read_model(damaged)
+    rec = pycolmap.Reconstruction()
+    rec.add_camera(
+        pycolmap.Camera(
+            model="SIMPLE_PINHOLE",
+            width=64,
+            height=48,
+            params=[50, 32, 24],
+            camera_id=3,
+        )
+    )
+    good = tmp_path / "good"
+    good.mkdir()
+    rec.write(good)
+    for path in (good, str(good)):
+        assert list(read_model(path).cameras) == [3]

@@ -69,6 +69,10 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["p2p_hloc/io/lock.py"],
         ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
     ),
+    "io.colmap": (
+        ["p2p_hloc/io/colmap.py"],
+        ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
+    ),
     "quantize.core": (
         ["p2p_hloc/quantize/core.py"],
         [
@@ -116,7 +120,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     ),
 }
 GROUPS = {
-    "io": ["io.text", "io.h5", "io.raw", "io.lock"],
+    "io": ["io.text", "io.h5", "io.raw", "io.lock", "io.colmap"],
     "quantize": [
         "quantize.core",
         "quantize.in_memory",
