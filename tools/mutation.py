@@ -73,13 +73,12 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
         ["p2p_hloc/io/colmap.py"],
         ["tests/test_mutation_kills_io.py", "tests/test_io.py"],
     ),
-    "quantize.core": (
+    "quantize.core": (  # the array rules: the step's tests add nothing but time
         ["p2p_hloc/quantize/core.py"],
         [
             "tests/test_mutation_kills_quantize_api.py",
             "tests/test_mutation_kills_quantize.py",
             "tests/test_quantize.py",
-            "tests/test_quantize_step.py",
         ],
     ),
     "quantize.in_memory": (
