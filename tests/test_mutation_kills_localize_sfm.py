@@ -252,9 +252,10 @@ def test_pose_tuple_is_w_first(scene):
     np.testing.assert_array_equal(tvec, image.cam_from_world().translation)
 
 
-def test_queries_without_images_in_the_model(scene, logs):
-    """A retrieved image that is not registered in the model is skipped; a
-    query left with none gets no pose, logged as failed."""
+def test_queries_without_images_in_the_model(scene, logs, capfd):
+    """A retrieved image that is not registered in the model is skipped (a
+    warning for those queries only); a query left with none gets no pose,
+    logged as failed. The progress bar says what it counts."""
     rec = pycolmap.Reconstruction(scene["sfm"])
     unregistered = rec.find_image_with_name("db/000.png")
     rec.deregister_frame(unregistered.frame_id)
@@ -272,6 +273,8 @@ def test_queries_without_images_in_the_model(scene, logs):
     assert log["loc"][q1]["status"] == "localized"
     n = sum(q == q1 for q, _ in pairs)
     assert f"Query {q1}: 2 of {n} retrieved images are not in the model" in logs.text
+    assert logs.text.count("retrieved images are not in the model") == 2  # q0, q1
+    assert "localize: 100%|" in capfd.readouterr().err
     assert f"1 queries have no pose in the results, e.g. {q0}." in logs.text
     assert "Localized 2 / 3 queries." in logs.text
 
