@@ -150,7 +150,7 @@ def _dependants(
     if not names:
         return {}
     flat = {n.replace("/", "-"): n for n in names}
-    skip = {names_to_pair(*p) for p in todo}
+    skip = {names_to_pair(*q) for p in todo for q in (p, p[::-1])}
     found: Dict[str, Tuple[Path, str]] = {}
     files = [matches] + [p for p in _registry(features) if p != matches.resolve()]
     for path in files:

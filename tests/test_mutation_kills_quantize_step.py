@@ -1,0 +1,454 @@
+"""Fast checks of the quantization step on tiny raw folders (a few images and
+pairs, a few dozen points): the output arrays against ``quantize_pairs``, the
+settings, fixed images, resume after a stop, errors and leftovers."""
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from p2p_hloc.console import InputError
+from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
+from p2p_hloc.io.raw import RawMatchesError
+from p2p_hloc.quantize import clip_to_image, main, quantize_pairs, read_pending, step
+
+SIZES = {"a.png": (40, 30), "b.png": (36, 44), "c.png": (50, 26), "d.png": (30, 30)}
+# raw files as stored (name0, name1); the run's pairs file lists some reversed
+STORED = [
+    ("a.png", "b.png"),
+    ("c.png", "a.png"),
+    ("b.png", "c.png"),
+    ("d.png", "b.png"),
+]
+LINES = [("a.png", "b.png"), ("a.png", "c.png"), ("b.png", "c.png"), ("b.png", "d.png")]
+
+
+def content(path: Path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
+        )
+    return out
+
+
+def raw_data(n0: str, n1: str, seed: int, n: int = 24) -> dict:
+    """``n`` raw matches between points of a pool of 8 per image (so that the
+    pairs of an image share points), some a pixel outside the image."""
+    rng = np.random.default_rng(seed)
+    data = {"name0": n0, "name1": n1, "size0": SIZES[n0], "size1": SIZES[n1]}
+    for side, name in enumerate((n0, n1)):
+        size = np.array(SIZES[name])
+        pool = np.random.default_rng(ord(name[0])).uniform(-1, 1, (8, 2)) * 0.55 + 0.5
+        xy = pool[rng.integers(0, 8, n)] * size + rng.normal(0, 0.7, (n, 2))
+        data[f"keypoints{side}"] = xy.astype(np.float32 if seed % 2 else np.float64)
+    data["scores"] = rng.uniform(0, 1, n).round(2).astype(np.float32)
+    return data
+
+
+def make_raw(root: Path, stored=STORED) -> list:
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, (n0, n1) in enumerate(stored):
+        out.append(raw_data(n0, n1, k))
+        np.savez(root / f"{k}.npz", **out[-1])
+    return out
+
+
+def pairs_file(path: Path, lines) -> Path:
+    path.write_text("".join(f"{a} {b}\n" for a, b in lines))
+    return path
+
+
+def run(tmp_path: Path, lines=LINES, out="out", **kw):
+    f, m = tmp_path / out / "f.h5", tmp_path / out / "m.h5"
+    p = pairs_file(tmp_path / f"pairs-{len(lines)}.txt", lines)
+    files = step.raw_files(tmp_path / "raw")
+    todo = step.unique_pairs(step.parse_pairs(p))
+    summary = step.write_phase(todo, files, f, m, source="RAW", **kw)
+    return f, m, summary
+
+
+def listing(folder: Path) -> list:
+    return sorted(os.listdir(folder))
+
+
+CLEAN = ["f.h5", "f.h5.lock", "m.h5", "m.h5.lock"]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"radius": 2.5, "min_score": 0.3, "max_kps": 5},
+        {"method": "immatch", "psize": 16.0, "radius": 1.0},
+    ],
+)
+def test_files_hold_the_arrays_of_quantize_pairs(tmp_path, kw):
+    """Keypoints, scores, sizes, matches0, matching_scores0 and the clipped
+    raw matches, written in the direction of each raw file; a raw file of a
+    pair outside the run, repeats and self-pairs of the pairs file ignored."""
+    data = make_raw(tmp_path / "raw", STORED + [("a.png", "d.png")])[:-1]
+    lines = LINES + [("b.png", "a.png"), ("c.png", "c.png")]
+    f, m, summary = run(tmp_path, lines, **kw)
+    q = quantize_pairs(STORED, data, **kw)
+    feats, matches = content(f), content(m)
+    assert sorted(feats) == sorted(
+        f"{n}/{k}" for n in SIZES for k in ("image_size", "keypoints", "scores")
+    )
+    for name, kps in q.keypoints.items():
+        np.testing.assert_array_equal(feats[f"{name}/keypoints"], kps.astype("f4"))
+        assert feats[f"{name}/keypoints"].dtype == np.float32
+        np.testing.assert_array_equal(
+            feats[f"{name}/scores"], q.scores[name].astype("f4")
+        )
+        np.testing.assert_array_equal(feats[f"{name}/image_size"], SIZES[name])
+        if "max_kps" in kw:
+            assert len(kps) <= kw["max_kps"]
+    keys = {k.rsplit("/", 1)[0] for k in matches}
+    assert keys == {names_to_pair(*p) for p in STORED}
+    for (n0, n1), m0, s0, d in zip(q.pairs, q.matches0, q.scores0, data):
+        g = f"{n0}/{n1}"
+        np.testing.assert_array_equal(matches[f"{g}/matches0"], m0)
+        assert matches[f"{g}/matches0"].dtype == np.int32
+        np.testing.assert_array_equal(
+            matches[f"{g}/matching_scores0"], s0.astype(np.float16)
+        )
+        for s in (0, 1):
+            got = matches[f"{g}/keypoints{s}"]
+            assert got.dtype == np.float32
+            kp = clip_to_image(d[f"keypoints{s}"], d[f"size{s}"]).astype("f4")
+            np.testing.assert_array_equal(got, kp)
+            assert np.all((got > 0) & (got < np.array(d[f"size{s}"]) - 1))
+        np.testing.assert_array_equal(matches[f"{g}/scores"], d["scores"])
+    assert listing(f.parent) == CLEAN
+    n_matches = sum(int((m0 >= 0).sum()) for m0 in q.matches0)
+    assert summary.pairs == 4 and summary.raw_matches == 4 * 24
+    assert (summary.images_built, summary.images_fixed) == (4, 0)
+    assert summary.keypoints == sum(len(k) for k in q.keypoints.values())
+    assert summary.matches == n_matches > 0
+    assert set(summary.seconds) == {
+        "read",
+        "copy",
+        "images",
+        "features_h5",
+        "pairs",
+        "matches_h5",
+        "rename",
+    }
+    with h5py.File(f, "r") as h:
+        assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
+
+
+def test_settings_change_the_output(tmp_path):
+    """radius, min_score, max_kps, method and psize all reach the images."""
+    make_raw(tmp_path / "raw")
+    runs = [
+        {},
+        {"radius": 1.5},
+        {"min_score": 0.5},
+        {"max_kps": 3},
+        {"method": "immatch"},
+        {"method": "immatch", "psize": 8},
+    ]
+    seen = []
+    for i, kw in enumerate(runs):
+        f, m, _ = run(tmp_path, out=f"o{i}", **kw)
+        seen.append(content(f)["a.png/keypoints"].tobytes())
+    assert len(set(seen)) == len(runs)
+    with pytest.raises(ValueError, match="unknown quantization method 'x'"):
+        run(tmp_path, method="x")
+
+
+def write_ref(path: Path, name: str, kps, scores_key="scores", size=None):
+    with h5py.File(path, "a") as h:
+        g = h.create_group(name)
+        g["keypoints"] = np.asarray(kps, np.float32)
+        g["image_size"] = np.asarray(size or SIZES[name])
+        if scores_key:
+            g[scores_key] = np.arange(1, len(kps) + 1, dtype=np.float32) / 10
+
+
+def test_fixed_images_from_features_and_refs(tmp_path):
+    """Images already in the features file keep their keypoints, then those
+    of the first ``features_ref`` file that has them (copied, with their
+    scores: ``scores``, ``keypoint_scores`` or ones); matches0 as
+    ``quantize_pairs`` with those images fixed; a second run adds its pairs
+    only."""
+    data = make_raw(tmp_path / "raw")
+    ref_a, ref_b = tmp_path / "ref_a.h5", tmp_path / "ref_b.h5"
+    fixed = {
+        "b.png": [[5.0, 5], [20, 30], [30, 10], [12, 40]],
+        "c.png": [[10.0, 5], [40, 20], [25, 12]],
+        "d.png": [[3.0, 3], [20, 20]],
+    }
+    write_ref(ref_a, "c.png", fixed["c.png"], "keypoint_scores")
+    write_ref(ref_a, "d.png", fixed["d.png"], None)
+    write_ref(ref_b, "c.png", [[1.0, 1]])  # shadowed by ref_a
+    write_ref(ref_b, "b.png", fixed["b.png"])
+    f, m, summary = run(tmp_path, LINES[:3], features_ref=[ref_a, ref_b])
+    assert (summary.images_built, summary.images_fixed) == (1, 2)
+    feats = content(f)
+    for n in ("b.png", "c.png"):
+        np.testing.assert_array_equal(feats[f"{n}/keypoints"], fixed[n])
+        np.testing.assert_array_equal(
+            feats[f"{n}/scores"], np.arange(1, len(fixed[n]) + 1, dtype="f4") / 10
+        )
+    assert "d.png" not in {k.split("/")[0] for k in feats}
+    fx = {n: np.array(fixed[n]) for n in ("b.png", "c.png")}
+    q = quantize_pairs(STORED[:3], data[:3], fx)
+    np.testing.assert_array_equal(
+        feats["a.png/keypoints"], q.keypoints["a.png"].astype("f4")
+    )
+    matches = content(m)
+    for (n0, n1), m0 in zip(q.pairs, q.matches0):
+        np.testing.assert_array_equal(matches[f"{n0}/{n1}/matches0"], m0)
+    # the next run: a, b, c fixed from f.h5 (not from the refs), d from ref_a
+    first = content(f)
+    before = content(m)
+    f, m, summary = run(tmp_path, LINES, features_ref=[ref_b, ref_a])
+    assert (summary.images_built, summary.images_fixed, summary.pairs) == (0, 2, 1)
+    feats = content(f)
+    for k, v in first.items():
+        np.testing.assert_array_equal(feats[k], v)
+    np.testing.assert_array_equal(feats["d.png/keypoints"], fixed["d.png"])
+    np.testing.assert_array_equal(feats["d.png/scores"], [1, 1])
+    fx = {n: feats[f"{n}/keypoints"] for n in ("b.png", "d.png")}
+    q = quantize_pairs(STORED[3:], data[3:], fx)
+    after = content(m)
+    np.testing.assert_array_equal(after["d.png/b.png/matches0"], q.matches0[0])
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v)
+
+
+def test_fixed_image_of_another_size_is_named(tmp_path):
+    make_raw(tmp_path / "raw")
+    ref = tmp_path / "ref.h5"
+    write_ref(ref, "c.png", [[1.0, 1]], size=(50, 27))
+    with pytest.raises(
+        H5Error,
+        match=r"ref.h5: image c.png has size \[50, 27\] but its raw "
+        r"matches \[50, 26\]: not the same image",
+    ):
+        run(tmp_path, features_ref=[ref])
+    assert not (tmp_path / "out/f.h5").exists()
+    assert listing(tmp_path / "out") == ["f.h5.lock", "m.h5.lock"]
+
+
+def test_a_run_with_nothing_to_do(tmp_path):
+    """No pairs (or all done, in either direction): valid files, unchanged."""
+    make_raw(tmp_path / "raw")
+    f, m, summary = run(tmp_path, [("a.png", "a.png")])
+    assert summary == step.Summary()
+    assert content(f) == {} and content(m) == {}
+    assert listing(f.parent) == CLEAN
+    run(tmp_path, LINES[:2])
+    before = f.read_bytes(), m.read_bytes()
+    _, _, summary = run(tmp_path, [p[::-1] for p in LINES[:2]])
+    assert summary.pairs == 0 and (f.read_bytes(), m.read_bytes()) == before
+
+
+def test_missing_and_duplicated_pairs_are_named(tmp_path):
+    data = make_raw(tmp_path / "raw")
+    with pytest.raises(
+        RawMatchesError,
+        match=r"^RAW: no raw matches for 2 of the 6 pairs, e\.g\. "
+        r"\('a\.png', 'd\.png'\), \('c\.png', 'd\.png'\)$",
+    ):
+        run(tmp_path, LINES + [("a.png", "d.png"), ("c.png", "d.png")])
+    np.savez(tmp_path / "raw/z.npz", **{**data[1], "name0": "a.png", "name1": "c.png"})
+    with pytest.raises(
+        RawMatchesError,
+        match=r"z\.npz and .*1\.npz both hold the pair \(a\.png, c\.png\); remove one",
+    ):
+        run(tmp_path)
+    assert listing(tmp_path / "out") == ["f.h5.lock", "m.h5.lock"]
+
+
+def test_overwrite_replaces_pairs_in_either_direction(tmp_path):
+    """overwrite: the run's pairs are redone (the old entry removed whichever
+    its direction) and its images rebuilt."""
+    make_raw(tmp_path / "raw")
+    f, m, _ = run(tmp_path, LINES[:2])
+    (tmp_path / "raw/0.npz").unlink()  # a/b now stored as b/a
+    np.savez(tmp_path / "raw/0.npz", **raw_data("b.png", "a.png", 7))
+    f, m, s = run(tmp_path, LINES[:2], overwrite=True, min_score=0.4)
+    assert (s.pairs, s.images_built, s.images_fixed) == (2, 3, 0)
+    data = [raw_data("b.png", "a.png", 7), raw_data("c.png", "a.png", 1)]
+    q = quantize_pairs([("b.png", "a.png"), ("c.png", "a.png")], data, min_score=0.4)
+    feats, matches = content(f), content(m)
+    assert {k.rsplit("/", 1)[0] for k in matches} == {"b.png/a.png", "c.png/a.png"}
+    for n, kps in q.keypoints.items():
+        np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
+    np.testing.assert_array_equal(matches["b.png/a.png/matches0"], q.matches0[0])
+
+
+def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
+    """Images of names with '/' that a pair of another matches file (in
+    another folder, recorded in the features file) or a pair of this file
+    outside the run refers to keep their keypoints; the others are rebuilt."""
+    names = {"a.png": "db/a.png", "b.png": "db/b.png", "c.png": "q/c.png"}
+    root = tmp_path / "raw"
+    root.mkdir()
+    stored = [("a.png", "b.png"), ("c.png", "a.png"), ("b.png", "c.png")]
+    for k, (n0, n1) in enumerate(stored):
+        d = raw_data(n0, n1, k)
+        np.savez(root / f"{k}.npz", **{**d, "name0": names[n0], "name1": names[n1]})
+    f, m = tmp_path / "f.h5", tmp_path / "m.h5"
+    other = tmp_path / "sub/other.h5"
+    lines = [(names[a], names[b]) for a, b in stored]
+    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m)
+    main(pairs_file(tmp_path / "p1.txt", lines[1:2]), root, f, other)
+    with h5py.File(f, "r") as h:
+        assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5", "sub/other.h5"]
+    before = content(f)
+    # redo a/b with other settings: a is used by other.h5's c/a, b is free
+    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.6,
+         overwrite=True)  # fmt: skip
+    after = content(f)
+    np.testing.assert_array_equal(
+        after["db/a.png/keypoints"], before["db/a.png/keypoints"]
+    )
+    assert not np.array_equal(after["db/b.png/keypoints"], before["db/b.png/keypoints"])
+    assert "1 images keep their keypoints" in logs.text
+    assert "db/a.png" in logs.text and "other.h5" in logs.text
+    assert "q-c.png/db-a.png" in logs.text
+    # b/c joins m.h5; redo a/b again: b is now used by b/c of m.h5 itself
+    main(pairs_file(tmp_path / "p2.txt", lines[2:]), root, f, m)
+    logs.clear()
+    other.unlink()  # dropped from the registry
+    mid = content(f)
+    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.3,
+         overwrite=True)  # fmt: skip
+    after = content(f)
+    np.testing.assert_array_equal(
+        after["db/b.png/keypoints"], mid["db/b.png/keypoints"]
+    )
+    assert not np.array_equal(after["db/a.png/keypoints"], mid["db/a.png/keypoints"])
+    assert "1 images keep their keypoints" in logs.text and "m.h5" in logs.text
+    assert "db-b.png/q-c.png" in logs.text
+    with h5py.File(f, "r") as h:
+        assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
+
+
+def test_leftovers_of_stopped_runs_are_removed(tmp_path):
+    make_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("f.h5.tmp-1-ab", "m.h5.tmp-2-cd", "m.h5.tmp", "f.h5.tmp",
+                 "m.h5.pending.json.tmp-3-ef", "f.h5.spill-9"):  # fmt: skip
+        (out / name).write_bytes(b"x")
+    (out / "m.h5.spill-4-aa").mkdir()
+    (out / "m.h5.spill-4-aa/data-1").write_bytes(b"x")
+    (out / "keep.h5.tmp-1").write_bytes(b"x")
+    run(tmp_path)
+    assert listing(out) == sorted(CLEAN + ["keep.h5.tmp-1"])
+
+
+def stop_before_second_rename(monkeypatch):
+    real = Path.replace
+
+    def stop(self, target):
+        if self.name.startswith("m.h5.tmp-"):
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", stop)
+    return real
+
+
+def test_stop_between_the_renames_is_finished_by_the_rerun(tmp_path, monkeypatch):
+    """The record lists the images built and the pairs (as stored) of the
+    stopped run; the rerun rebuilds exactly those and gives the files of a
+    run that did not stop."""
+    make_raw(tmp_path / "raw")
+    clean_f, clean_m, _ = run(tmp_path, out="clean", max_kps=6)
+    real = stop_before_second_rename(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, max_kps=6)
+    monkeypatch.setattr(Path, "replace", real)
+    out = tmp_path / "out"
+    names, pairs = read_pending(out / "m.h5")
+    assert names == set(SIZES) and pairs == STORED
+    record = json.loads((out / "m.h5.pending.json").read_text())
+    assert record["names"] == sorted(SIZES)
+    assert listing(out) == ["f.h5", "f.h5.lock", "m.h5.lock", "m.h5.pending.json"]
+    f, m, s = run(tmp_path, max_kps=6)
+    assert (s.images_built, s.images_fixed) == (4, 0)
+    assert listing(out) == CLEAN
+    assert content(f).keys() == content(clean_f).keys()
+    for a, b in ((f, clean_f), (m, clean_m)):
+        ca, cb = content(a), content(b)
+        for k in ca:
+            np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+
+
+def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
+    """A record whose pairs are all in the matches file (the run got to its
+    last rename): removed, its images keep their keypoints."""
+    make_raw(tmp_path / "raw")
+    f, m, _ = run(tmp_path, LINES[:2])
+    before = content(f)
+    pending = tmp_path / "out/m.h5.pending.json"
+    pending.write_text(json.dumps({"names": ["a.png", "c.png"], "pairs": STORED[:2]}))
+    f, m, s = run(tmp_path, LINES)
+    assert not pending.exists()
+    assert (s.images_built, s.images_fixed) == (1, 2)
+    assert "keep their keypoints" not in logs.text
+    for k, v in before.items():
+        np.testing.assert_array_equal(content(f)[k], v)
+    # a record with a pair not written yet: its images are rebuilt
+    pending.write_text(json.dumps({"names": ["d.png"], "pairs": [STORED[3]]}))
+    with h5py.File(m, "a") as h:
+        del h["d.png/b.png"]
+    f, m, s = run(tmp_path, LINES)
+    assert not pending.exists()
+    assert (s.pairs, s.images_built, s.images_fixed) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{", "[]", '{"names": []}', '{"names": [], "pairs": [["a"]]}', "\xff"],
+)
+def test_a_corrupt_record_is_named(tmp_path, text):
+    make_raw(tmp_path / "raw")
+    (tmp_path / "out").mkdir()
+    pending = tmp_path / "out/m.h5.pending.json"
+    pending.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match=r"corrupt .*m\.h5\.pending\.json \(.*delete"):
+        run(tmp_path)
+    assert read_pending(tmp_path / "none.h5") == (set(), [])
+
+
+def test_not_enough_space(tmp_path, monkeypatch):
+    """The space needed: 64 MiB, 4.5 times the raw files and both files; the
+    error comes before anything is read or written."""
+    make_raw(tmp_path / "raw")
+    f, m, _ = run(tmp_path, LINES[:1])
+    free = []
+    real = step.shutil.disk_usage
+    monkeypatch.setattr(
+        step.shutil, "disk_usage", lambda p: real(p)._replace(free=free[-1])
+    )
+    raw = sum(p.stat().st_size for p in (tmp_path / "raw").glob("*.npz"))
+    need = (64 << 20) + (4.2 * raw + m.stat().st_size) + (0.3 * raw + f.stat().st_size)
+    free.append(need - 1)
+    with pytest.raises(step.DiskSpaceError, match=r"0\.1 GiB needed"):
+        run(tmp_path, LINES[:3])
+    free.append(need)
+    assert run(tmp_path, LINES[:3])[2].pairs == 2
+    os.truncate(m, 1 << 30)  # h5 reads files longer than their data
+    os.truncate(f, 1 << 29)
+    os.truncate(tmp_path / "raw/3.npz", 3 << 30)  # not read: the check comes first
+    free.append(1 << 27)
+    with pytest.raises(
+        step.DiskSpaceError,
+        match=rf"^not enough free space in {tmp_path / 'out'} for the write phase: "
+        r"about 15\.1 GiB needed \(copies of f\.h5 and m\.h5, about 4\.5x the "
+        r"3\.00 GiB of raw matches\), 0\.1 GiB free$",
+    ):
+        run(tmp_path)
+    assert listing(tmp_path / "out") == CLEAN
