@@ -4,13 +4,16 @@ settings, fixed images, resume after a stop, errors and leftovers."""
 
 import json
 import os
+import re
+import shutil
+from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from p2p_hloc.console import InputError
+from p2p_hloc.console import InputError, run_cli
 from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
 from p2p_hloc.io.raw import RawMatchesError
 from p2p_hloc.quantize import clip_to_image, main, quantize_pairs, read_pending, step
@@ -265,6 +268,21 @@ def test_missing_and_duplicated_pairs_are_named(tmp_path):
         match=r"z\.npz and .*1\.npz both hold the pair \(a\.png, c\.png\); remove one",
     ):
         run(tmp_path)
+    (tmp_path / "raw/z.npz").unlink()
+    np.savez(tmp_path / "raw/z.npz", **{**data[1], "name0": "e.png", "size1": (3, 4)})
+    with pytest.raises(
+        RawMatchesError,
+        match=r"z\.npz: image a\.png has size \[3, 4\], elsewhere \[40, 30\]$",
+    ):
+        run(tmp_path, LINES + [("e.png", "a.png")])
+    np.savez(tmp_path / "raw/z.npz", **{**data[1], "name1": "e.png", "size0": (3, 4)})
+    with pytest.raises(
+        RawMatchesError, match=r"z\.npz: image c\.png has size \[3, 4\], elsewhere"
+    ):
+        run(tmp_path, [("e.png", "c.png")] + LINES)
+    with pytest.raises(RawMatchesError, match=rf"^{tmp_path / 'raw'}: no raw matches"):
+        main(pairs_file(tmp_path / "q.txt", [("a.png", "e.png")]), tmp_path / "raw",
+             tmp_path / "out/f.h5", tmp_path / "out/m.h5")  # fmt: skip
     assert listing(tmp_path / "out") == ["f.h5.lock", "m.h5.lock"]
 
 
@@ -348,42 +366,61 @@ def test_leftovers_of_stopped_runs_are_removed(tmp_path):
     assert listing(out) == sorted(CLEAN + ["keep.h5.tmp-1"])
 
 
-def stop_before_second_rename(monkeypatch):
-    real = Path.replace
-
-    def stop(self, target):
-        if self.name.startswith("m.h5.tmp-"):
-            raise KeyboardInterrupt
-        return real(self, target)
-
-    monkeypatch.setattr(Path, "replace", stop)
-    return real
-
-
-def test_stop_between_the_renames_is_finished_by_the_rerun(tmp_path, monkeypatch):
-    """The record lists the images built and the pairs (as stored) of the
-    stopped run; the rerun rebuilds exactly those and gives the files of a
-    run that did not stop."""
+def test_stopped_at_any_rename_the_rerun_gives_the_same_files(tmp_path, monkeypatch):
+    """A copy of the output folder at each rename (what a run killed there
+    leaves: temporary files, the spill folder, the record), and a run stopped
+    between its two renames: each rerun removes what was left and gives the
+    files of a run that did not stop. The record lists the images built (not
+    the fixed ones) and the pairs as stored."""
     make_raw(tmp_path / "raw")
+    for out in ("clean", "out"):
+        run(tmp_path, LINES[:1], out=out, max_kps=6)
     clean_f, clean_m, _ = run(tmp_path, out="clean", max_kps=6)
-    real = stop_before_second_rename(monkeypatch)
+    out = tmp_path / "out"
+    snapshots = []
+    real_path, real_os = Path.replace, os.replace
+
+    def snapshot():
+        snapshots.append(tmp_path / f"killed{len(snapshots)}")
+        shutil.copytree(out, snapshots[-1])
+
+    def path_replace(self, target):
+        snapshot()
+        if self.name.startswith("m.h5.tmp-"):
+            raise KeyboardInterrupt  # the process dies before the second rename
+        return real_path(self, target)
+
+    def os_replace(a, b):
+        snapshot()
+        return real_os(a, b)
+
+    monkeypatch.setattr(Path, "replace", path_replace)
+    monkeypatch.setattr(step.os, "replace", os_replace)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, max_kps=6)
-    monkeypatch.setattr(Path, "replace", real)
-    out = tmp_path / "out"
+    monkeypatch.undo()
+    assert len(snapshots) >= 3
+    assert [p for p in listing(snapshots[0]) if "tmp-" in p or "spill-" in p]
     names, pairs = read_pending(out / "m.h5")
-    assert names == set(SIZES) and pairs == STORED
+    assert names == {"c.png", "d.png"} and pairs == STORED[1:]
     record = json.loads((out / "m.h5.pending.json").read_text())
-    assert record["names"] == sorted(SIZES)
-    assert listing(out) == ["f.h5", "f.h5.lock", "m.h5.lock", "m.h5.pending.json"]
-    f, m, s = run(tmp_path, max_kps=6)
-    assert (s.images_built, s.images_fixed) == (4, 0)
-    assert listing(out) == CLEAN
-    assert content(f).keys() == content(clean_f).keys()
-    for a, b in ((f, clean_f), (m, clean_m)):
-        ca, cb = content(a), content(b)
-        for k in ca:
-            np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+    assert record["names"] == ["c.png", "d.png"]
+    assert listing(out) == [
+        "f.h5",
+        "f.h5.lock",
+        "m.h5",
+        "m.h5.lock",
+        "m.h5.pending.json",
+    ]
+    for folder in [out] + snapshots:
+        f, m, s = run(tmp_path, out=folder.name, max_kps=6)
+        assert (s.images_built, s.images_fixed) == (2, 2)
+        assert listing(folder) == CLEAN
+        for a, b in ((f, clean_f), (m, clean_m)):
+            ca, cb = content(a), content(b)
+            assert ca.keys() == cb.keys()
+            for k in ca:
+                np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
 
 
 def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
@@ -452,3 +489,148 @@ def test_not_enough_space(tmp_path, monkeypatch):
     ):
         run(tmp_path)
     assert listing(tmp_path / "out") == CLEAN
+
+
+def test_command_line_options_reach_the_step(tmp_path):
+    """``python -m p2p_hloc.quantize`` (in-process): the defaults are those
+    of ``main``, every option is passed on, ``--features_ref`` takes several
+    files; a missing required option is a usage error (exit 2)."""
+    make_raw(tmp_path / "raw")
+    ref = tmp_path / "ref.h5"
+    write_ref(ref, "c.png", [[10.0, 5], [40, 20]])
+    p = pairs_file(tmp_path / "p.txt", LINES)
+    cli = partial(run_cli, step.parser(), lambda a: main(**vars(a)))
+    base = ["--pairs", p, "--raw", tmp_path / "raw"]
+    out = tmp_path / "cli"
+    assert cli(list(map(str, base + ["--features", out / "f.h5", "--matches",
+                                     out / "m.h5"]))) == 0  # fmt: skip
+    main(p, tmp_path / "raw", tmp_path / "api/f.h5", tmp_path / "api/m.h5")
+    for name in ("f.h5", "m.h5"):
+        assert content(out / name).keys() == content(tmp_path / "api" / name).keys()
+        for k, v in content(out / name).items():
+            np.testing.assert_array_equal(v, content(tmp_path / "api" / name)[k])
+    options = ["--radius", "2.5", "--min_score", "0.3", "--max_kps", "4"]
+    options += ["--method", "immatch", "--psize", "16", "--workers", "1"]
+    options += ["--features_ref", tmp_path / "none.h5", ref, "--overwrite"]
+    assert (
+        cli(
+            list(
+                map(
+                    str,
+                    base
+                    + options
+                    + ["--features", out / "f.h5", "--matches", out / "m.h5"],
+                )
+            )
+        )
+        == 0
+    )
+    kw = dict(radius=2.5, min_score=0.3, max_kps=4, method="immatch", psize=16)
+    data = make_raw(tmp_path / "raw")
+    q = quantize_pairs(STORED, data, {"c.png": np.array([[10.0, 5], [40, 20]])}, **kw)
+    feats, matches = content(out / "f.h5"), content(out / "m.h5")
+    for n, kps in q.keypoints.items():
+        np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
+    for (n0, n1), m0 in zip(q.pairs, q.matches0):
+        np.testing.assert_array_equal(matches[f"{n0}/{n1}/matches0"], m0)
+    with pytest.raises(SystemExit) as e:
+        cli(list(map(str, base + ["--features", out / "f.h5"])))
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        cli(list(map(str, base + ["--features", "f", "--matches", "m", "--method",
+                                  "x"])))  # fmt: skip
+
+
+def test_main_takes_one_or_several_reference_files(tmp_path):
+    make_raw(tmp_path / "raw")
+    ref = tmp_path / "ref.h5"
+    write_ref(ref, "c.png", [[10.0, 5], [40, 20]])
+    p = pairs_file(tmp_path / "p.txt", LINES)
+    for i, refs in enumerate((ref, str(ref), [tmp_path / "none.h5", str(ref)])):
+        out = tmp_path / str(i)
+        f, m = main(
+            p, tmp_path / "raw", str(out / "f.h5"), out / "m.h5", features_ref=refs
+        )
+        assert (f, m) == (out / "f.h5", out / "m.h5")
+        np.testing.assert_array_equal(
+            content(f)["c.png/keypoints"], [[10, 5], [40, 20]]
+        )
+
+
+def test_a_features_file_of_another_program(tmp_path):
+    """hloc's own features file (no record of matches files, descriptors):
+    its images keep their group untouched; an image without keypoints (a
+    global descriptor) is built; a reference image without a stored size is
+    copied with the size of its raw matches."""
+    data = make_raw(tmp_path / "raw")
+    f = tmp_path / "out/f.h5"
+    f.parent.mkdir()
+    kps = np.array([[5.0, 5], [20, 30], [30, 10]], np.float32)
+    with h5py.File(f, "w") as h:
+        h["b.png/keypoints"] = kps
+        h["b.png/descriptors"] = np.ones((4, 3), np.float32)
+        h["b.png/image_size"] = SIZES["b.png"]
+        h["a.png/global_descriptor"] = np.ones(8, np.float32)
+    ref = tmp_path / "ref.h5"
+    with h5py.File(ref, "w") as h:
+        h["a.png/global_descriptor"] = np.ones(8, np.float32)
+        h["d.png/keypoints"] = [[3.0, 3], [20, 20]]
+    f, m, s = run(tmp_path, features_ref=[ref])
+    assert (s.images_built, s.images_fixed) == (2, 2)
+    feats = content(f)
+    np.testing.assert_array_equal(feats["b.png/keypoints"], kps)
+    np.testing.assert_array_equal(feats["b.png/descriptors"], np.ones((4, 3)))
+    assert "b.png/scores" not in feats
+    np.testing.assert_array_equal(feats["d.png/image_size"], SIZES["d.png"])
+    fx = {"b.png": kps, "d.png": np.array([[3.0, 3], [20, 20]])}
+    q = quantize_pairs(STORED, data, fx)
+    np.testing.assert_array_equal(feats["a.png/keypoints"], q.keypoints["a.png"])
+    for (n0, n1), m0 in zip(q.pairs, q.matches0):
+        np.testing.assert_array_equal(content(m)[f"{n0}/{n1}/matches0"], m0)
+    with h5py.File(f, "r") as h:
+        assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
+
+
+def test_many_pairs_and_files(tmp_path, capsys):
+    """More raw files and pairs than one task takes (``BATCH``), with raw
+    files of other pairs among them: the arrays of ``quantize_pairs``; the
+    progress bars count files, images and pairs."""
+    rng = np.random.default_rng(0)
+    names = [f"i{k}.png" for k in range(10)]
+    stored = [(a, b) for a in names for b in names if a < b][:40]
+    stored = [p[::-1] if k % 3 else p for k, p in enumerate(stored)]
+    root = tmp_path / "raw"
+    root.mkdir()
+    data = []
+    for k, (n0, n1) in enumerate(stored + [("x.png", "y.png")] * 3):
+        data.append(
+            {
+                "name0": n0,
+                "name1": n1,
+                "keypoints0": rng.integers(0, 3, (4, 2)) * 9.0 + 2,
+                "keypoints1": rng.integers(0, 3, (4, 2)) * 9.0 + 2,
+                "scores": rng.uniform(0, 1, 4),
+                "size0": (30, 30),
+                "size1": (30, 30),
+            }
+        )
+        np.savez(root / f"{k:02d}.npz", **data[-1])
+    lines = sorted(tuple(sorted(p)) for p in stored)
+    f, m, s = run(tmp_path, lines)
+    q = quantize_pairs(stored, data[:40])
+    assert s.pairs == 40
+    feats, matches = content(f), content(m)
+    for n, kps in q.keypoints.items():
+        np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
+    for (n0, n1), m0, d in zip(q.pairs, q.matches0, data):
+        np.testing.assert_array_equal(matches[f"{n0}/{n1}/matches0"], m0)
+        np.testing.assert_array_equal(
+            matches[f"{n0}/{n1}/scores"], d["scores"].astype("f4")
+        )
+    err = capsys.readouterr().err
+    for bar in (
+        "raw files: 100%.* 43/43 ",
+        "images: 100%.* 10/10 ",
+        "pairs: 100%.* 40/40 ",
+    ):
+        assert re.search(bar, err), bar
