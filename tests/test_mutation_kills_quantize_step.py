@@ -593,15 +593,13 @@ def test_a_features_file_of_another_program(tmp_path):
         assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
 
 
-def test_many_pairs_and_files(tmp_path, capsys):
-    """More raw files and pairs than one task takes (``BATCH``), with raw
-    files of other pairs among them: the arrays of ``quantize_pairs``; the
-    progress bars count files, images and pairs."""
+def many_pairs(root: Path):
+    """40 pairs of 10 images (most stored reversed), 4 raw matches each, and
+    3 raw files of a pair outside the run: ``(stored, data, lines)``."""
     rng = np.random.default_rng(0)
     names = [f"i{k}.png" for k in range(10)]
     stored = [(a, b) for a in names for b in names if a < b][:40]
     stored = [p[::-1] if k % 3 else p for k, p in enumerate(stored)]
-    root = tmp_path / "raw"
     root.mkdir()
     data = []
     for k, (n0, n1) in enumerate(stored + [("x.png", "y.png")] * 3):
@@ -617,7 +615,14 @@ def test_many_pairs_and_files(tmp_path, capsys):
             }
         )
         np.savez(root / f"{k:02d}.npz", **data[-1])
-    lines = sorted(tuple(sorted(p)) for p in stored)
+    return stored, data, sorted(tuple(sorted(p)) for p in stored)
+
+
+def test_many_pairs_and_files(tmp_path, capsys):
+    """More raw files and pairs than one task takes (``BATCH``), with raw
+    files of other pairs among them: the arrays of ``quantize_pairs``; the
+    progress bars count files, images and pairs."""
+    stored, data, lines = many_pairs(tmp_path / "raw")
     f, m, s = run(tmp_path, lines)
     q = quantize_pairs(stored, data[:40])
     assert s.pairs == 40
@@ -636,3 +641,77 @@ def test_many_pairs_and_files(tmp_path, capsys):
         "pairs: 100%.* 40/40 ",
     ):
         assert re.search(bar, err), bar
+
+
+def test_worker_processes_give_the_same_files(tmp_path):
+    """``workers=2``: the files of one process."""
+    many_pairs(tmp_path / "raw")
+    lines = sorted(tuple(sorted(p)) for p in many_pairs(tmp_path / "x")[0])
+    one = run(tmp_path, lines, out="one")
+    two = run(tmp_path, lines, out="two", workers=2)
+    assert one[2].pairs == two[2].pairs == 40
+    for a, b in zip(one[:2], two[:2]):
+        ca, cb = content(a), content(b)
+        assert ca.keys() == cb.keys()
+        for k in ca:
+            np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+
+
+def test_command_line_parser():
+    """Options, their types and defaults (those of ``main``), the required
+    ones, and the help text of each."""
+    p = step.parser()
+    required = ["--pairs", "p", "--raw", "r", "--features", "f", "--matches", "m"]
+    assert vars(p.parse_args(required)) == {
+        "pairs": Path("p"),
+        "raw": Path("r"),
+        "features": Path("f"),
+        "matches": Path("m"),
+        "radius": 4.0,
+        "min_score": 0.0,
+        "method": "cluster",
+        "psize": 48,
+        "max_kps": None,
+        "features_ref": None,
+        "overwrite": False,
+        "workers": 1,
+    }
+    args = p.parse_args(required + ["--features_ref", "a", "b", "--max_kps", "3"])
+    assert args.features_ref == [Path("a"), Path("b")] and args.max_kps == 3
+    for i in range(0, 8, 2):
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(required[:i] + required[i + 2 :])
+        assert e.value.code == 2
+    text = " ".join(p.format_help().split())
+    assert text.startswith("usage: python -m p2p_hloc.quantize [-h] --pairs PAIRS")
+    for part in (
+        "Quantize raw pair matches (one .npz per pair, see docs/raw-format.md) "
+        "into hloc's features and matches files.",
+        "--raw RAW raw-match folder",
+        "--psize PSIZE cell size of immatch",
+        "--max_kps MAX_KPS keypoints kept per new image",
+        "--workers WORKERS processes (default 1)",
+    ):
+        assert part in text
+
+
+def test_main_defaults(tmp_path):
+    """``main`` adds only the pairs not in the files yet; ``immatch`` cells
+    of 48 px: two points 0.6 px apart on either side of x = 48 stay apart."""
+    make_raw(tmp_path / "raw")
+    p = pairs_file(tmp_path / "p.txt", LINES)
+    f, m = main(p, tmp_path / "raw", tmp_path / "f.h5", tmp_path / "m.h5")
+    before = content(f), content(m)
+    main(p, tmp_path / "raw", f, m, min_score=0.9)
+    for a, b in zip(before, (content(f), content(m))):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    raw = tmp_path / "cells"
+    raw.mkdir()
+    xy = np.array([[47.7, 10.0], [48.3, 10.0]])
+    np.savez(raw / "0.npz", name0="x.png", name1="y.png", keypoints0=xy,
+             keypoints1=xy, scores=[1.0, 1.0], size0=(100, 100), size1=(100, 100))  # fmt: skip
+    p = pairs_file(tmp_path / "q.txt", [("x.png", "y.png")])
+    f, _ = main(p, raw, tmp_path / "i/f.h5", tmp_path / "i/m.h5", method="immatch")
+    np.testing.assert_array_equal(content(f)["x.png/keypoints"], xy.astype("f4"))
