@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -350,6 +351,15 @@ def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
     assert "db-b.png/q-c.png" in logs.text
     with h5py.File(f, "r") as h:
         assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
+    # the run's own pair a/b in another matches file too: a and b are kept
+    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, tmp_path / "m2.h5")
+    logs.clear()
+    mid = content(f)
+    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.7,
+         overwrite=True)  # fmt: skip
+    for k, v in content(f).items():
+        np.testing.assert_array_equal(v, mid[k])
+    assert "2 images keep their keypoints" in logs.text and "m2.h5" in logs.text
 
 
 def test_leftovers_of_stopped_runs_are_removed(tmp_path):
@@ -362,8 +372,12 @@ def test_leftovers_of_stopped_runs_are_removed(tmp_path):
     (out / "m.h5.spill-4-aa").mkdir()
     (out / "m.h5.spill-4-aa/data-1").write_bytes(b"x")
     (out / "keep.h5.tmp-1").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/x").write_bytes(b"x")
+    (out / "m.h5.spill-5-bb").symlink_to(tmp_path / "data")
     run(tmp_path)
-    assert listing(out) == sorted(CLEAN + ["keep.h5.tmp-1"])
+    assert listing(out) == sorted(CLEAN + ["keep.h5.tmp-1", "m.h5.spill-5-bb"])
+    assert listing(tmp_path / "data") == ["x"]  # a link is not followed
 
 
 def test_stopped_at_any_rename_the_rerun_gives_the_same_files(tmp_path, monkeypatch):
@@ -447,16 +461,28 @@ def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["{", "[]", '{"names": []}', '{"names": [], "pairs": [["a"]]}', "\xff"],
+    "text, error",
+    [
+        ("{", "JSONDecodeError"),
+        ("[]", "TypeError"),
+        ('{"names": []}', "KeyError"),
+        ('{"names": [], "pairs": [["a"]]}', "IndexError"),
+        ("\xff", "UnicodeDecodeError"),
+    ],
 )
-def test_a_corrupt_record_is_named(tmp_path, text):
+def test_a_corrupt_record_is_named(tmp_path, text, error):
     make_raw(tmp_path / "raw")
     (tmp_path / "out").mkdir()
     pending = tmp_path / "out/m.h5.pending.json"
     pending.write_bytes(text.encode("latin-1"))
-    with pytest.raises(InputError, match=r"corrupt .*m\.h5\.pending\.json \(.*delete"):
+    with pytest.raises(InputError) as e:
         run(tmp_path)
+    assert str(e.value).startswith(f"corrupt {pending} ({error}: ")
+    assert str(e.value).endswith(
+        "; it lists what a run stopped while writing its outputs was adding: "
+        "delete it to resume (the keypoints that run already wrote are then kept "
+        "as they are)"
+    )
     assert read_pending(tmp_path / "none.h5") == (set(), [])
 
 
@@ -471,6 +497,8 @@ def test_not_enough_space(tmp_path, monkeypatch):
         step.shutil, "disk_usage", lambda p: real(p)._replace(free=free[-1])
     )
     raw = sum(p.stat().st_size for p in (tmp_path / "raw").glob("*.npz"))
+    free.append((64 << 20) + 4.2 * raw + 0.3 * raw)  # no files yet: just enough
+    run(tmp_path, LINES[:1], out="new")
     need = (64 << 20) + (4.2 * raw + m.stat().st_size) + (0.3 * raw + f.stat().st_size)
     free.append(need - 1)
     with pytest.raises(step.DiskSpaceError, match=r"0\.1 GiB needed"):
@@ -480,12 +508,12 @@ def test_not_enough_space(tmp_path, monkeypatch):
     os.truncate(m, 1 << 30)  # h5 reads files longer than their data
     os.truncate(f, 1 << 29)
     os.truncate(tmp_path / "raw/3.npz", 3 << 30)  # not read: the check comes first
-    free.append(1 << 27)
+    free.append(3 << 30)
     with pytest.raises(
         step.DiskSpaceError,
         match=rf"^not enough free space in {tmp_path / 'out'} for the write phase: "
         r"about 15\.1 GiB needed \(copies of f\.h5 and m\.h5, about 4\.5x the "
-        r"3\.00 GiB of raw matches\), 0\.1 GiB free$",
+        r"3\.00 GiB of raw matches\), 3\.0 GiB free$",
     ):
         run(tmp_path)
     assert listing(tmp_path / "out") == CLEAN
@@ -510,24 +538,16 @@ def test_command_line_options_reach_the_step(tmp_path):
         for k, v in content(out / name).items():
             np.testing.assert_array_equal(v, content(tmp_path / "api" / name)[k])
     options = ["--radius", "2.5", "--min_score", "0.3", "--max_kps", "4"]
-    options += ["--method", "immatch", "--psize", "16", "--workers", "1"]
+    options += ["--method", "immatch", "--psize", "8", "--workers", "1"]
     options += ["--features_ref", tmp_path / "none.h5", ref, "--overwrite"]
-    assert (
-        cli(
-            list(
-                map(
-                    str,
-                    base
-                    + options
-                    + ["--features", out / "f.h5", "--matches", out / "m.h5"],
-                )
-            )
-        )
-        == 0
-    )
-    kw = dict(radius=2.5, min_score=0.3, max_kps=4, method="immatch", psize=16)
+    options += ["--features", out / "f.h5", "--matches", out / "m.h5"]
+    assert cli(list(map(str, base + options))) == 0
+    kw = dict(radius=2.5, min_score=0.3, max_kps=4, method="immatch", psize=8)
     data = make_raw(tmp_path / "raw")
-    q = quantize_pairs(STORED, data, {"c.png": np.array([[10.0, 5], [40, 20]])}, **kw)
+    fixed = {"c.png": np.array([[10.0, 5], [40, 20]])}
+    q = quantize_pairs(STORED, data, fixed, **kw)
+    q48 = quantize_pairs(STORED, data, fixed, **{**kw, "psize": 48})
+    assert not np.array_equal(q.keypoints["a.png"], q48.keypoints["a.png"])
     feats, matches = content(out / "f.h5"), content(out / "m.h5")
     for n, kps in q.keypoints.items():
         np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
@@ -715,3 +735,32 @@ def test_main_defaults(tmp_path):
     p = pairs_file(tmp_path / "q.txt", [("x.png", "y.png")])
     f, _ = main(p, raw, tmp_path / "i/f.h5", tmp_path / "i/m.h5", method="immatch")
     np.testing.assert_array_equal(content(f)["x.png/keypoints"], xy.astype("f4"))
+    todo, g, n = [("x.png", "y.png")], tmp_path / "w/f.h5", tmp_path / "w/m.h5"
+    step.write_phase(todo, [raw / "0.npz"], g, n, method="immatch")
+    np.testing.assert_array_equal(content(g)["x.png/keypoints"], xy.astype("f4"))
+    with pytest.raises(RawMatchesError, match=r"^the raw matches: no raw matches"):
+        step.write_phase(todo + [("x.png", "z.png")], [raw / "0.npz"], g, n)
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir()
+    or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev,
+    reason="needs a second file system (/dev/shm)",
+)
+def test_space_on_two_file_systems(tmp_path, monkeypatch):
+    """Features and matches on different file systems: each needs room for
+    its own file only."""
+    make_raw(tmp_path / "raw")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        raw = sum(p.stat().st_size for p in (tmp_path / "raw").glob("*.npz"))
+        need = {tmp_path: (64 << 20) + 0.3 * raw, shm: (64 << 20) + 4.2 * raw}
+        real = step.shutil.disk_usage
+        monkeypatch.setattr(
+            step.shutil, "disk_usage", lambda p: real(p)._replace(free=need[Path(p)])
+        )
+        p = pairs_file(tmp_path / "p.txt", LINES)
+        main(p, tmp_path / "raw", tmp_path / "f.h5", shm / "m.h5")
+        assert len(content(shm / "m.h5")) == 4 * 5
+    finally:
+        shutil.rmtree(shm)
