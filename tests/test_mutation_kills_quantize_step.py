@@ -48,8 +48,9 @@ def raw_data(n0: str, n1: str, seed: int, n: int = 24) -> dict:
         size = np.array(SIZES[name])
         pool = np.random.default_rng(ord(name[0])).uniform(-1, 1, (8, 2)) * 0.55 + 0.5
         xy = pool[rng.integers(0, 8, n)] * size + rng.normal(0, 0.7, (n, 2))
-        data[f"keypoints{side}"] = xy.astype(np.float32 if seed % 2 else np.float64)
-    data["scores"] = rng.uniform(0, 1, n).round(2).astype(np.float32)
+        single = seed % 4 in ((1, 2), (1, 3))[side]  # both, one or no side
+        data[f"keypoints{side}"] = xy.astype(np.float32 if single else np.float64)
+    data["scores"] = rng.uniform(0, 1, n).round(2).astype(f"f{4 + 4 * (seed == 3)}")
     return data
 
 
@@ -127,7 +128,7 @@ def test_files_hold_the_arrays_of_quantize_pairs(tmp_path, kw):
             kp = clip_to_image(d[f"keypoints{s}"], d[f"size{s}"]).astype("f4")
             np.testing.assert_array_equal(got, kp)
             assert np.all((got > 0) & (got < np.array(d[f"size{s}"]) - 1))
-        np.testing.assert_array_equal(matches[f"{g}/scores"], d["scores"])
+        np.testing.assert_array_equal(matches[f"{g}/scores"], d["scores"].astype("f4"))
     assert listing(f.parent) == CLEAN
     n_matches = sum(int((m0 >= 0).sum()) for m0 in q.matches0)
     assert summary.pairs == 4 and summary.raw_matches == 4 * 24
