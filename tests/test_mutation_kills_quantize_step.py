@@ -17,7 +17,14 @@ import pytest
 from p2p_hloc.console import InputError, run_cli
 from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
 from p2p_hloc.io.raw import RawMatchesError
-from p2p_hloc.quantize import clip_to_image, main, quantize_pairs, read_pending, step
+from p2p_hloc.quantize import (
+    clip_to_image,
+    main,
+    quantize_pairs,
+    read_pending,
+    spill,
+    step,
+)
 
 SIZES = {"a.png": (40, 30), "b.png": (36, 44), "c.png": (50, 26), "d.png": (30, 30)}
 # raw files as stored (name0, name1); the run's pairs file lists some reversed
@@ -765,3 +772,17 @@ def test_space_on_two_file_systems(tmp_path, monkeypatch):
         assert len(content(shm / "m.h5")) == 4 * 5
     finally:
         shutil.rmtree(shm)
+
+
+def test_a_spill_file_cut_short_is_named(tmp_path):
+    """Raw matches read back from a temporary data file that lost its end
+    (disk trouble): an error naming it, not arrays of the wrong length."""
+    settings = spill.Settings(str(tmp_path), frozenset(), 4.0, 0.0, "cluster", 48, None)
+    pool = spill.Workers(settings, 1)
+    try:
+        (tmp_path / "data-1").write_bytes(bytes(28))
+        record = spill.Record("data-1", 4, 3, "<f4", "<f4")
+        with pytest.raises(OSError, match=rf"^short read in {tmp_path}/data-1$"):
+            spill.side(record, 0)
+    finally:
+        pool.close()
