@@ -137,6 +137,10 @@ def test_files_hold_the_arrays_of_quantize_pairs(tmp_path, kw):
             assert np.all((got > 0) & (got < np.array(d[f"size{s}"]) - 1))
         np.testing.assert_array_equal(matches[f"{g}/scores"], d["scores"].astype("f4"))
     assert listing(f.parent) == CLEAN
+    for name in ("f.h5", "m.h5"):  # what a run waiting for the lock is told
+        holder = (f.parent / f"{name}.lock").read_text()
+        assert holder.startswith(f"pid {os.getpid()} on ")
+        assert holder.endswith(f": writing {name}")
     n_matches = sum(int((m0 >= 0).sum()) for m0 in q.matches0)
     assert summary.pairs == 4 and summary.raw_matches == 4 * 24
     assert (summary.images_built, summary.images_fixed) == (4, 0)
