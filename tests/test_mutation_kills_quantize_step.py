@@ -271,10 +271,11 @@ def test_missing_and_duplicated_pairs_are_named(tmp_path):
     data = make_raw(tmp_path / "raw")
     with pytest.raises(
         RawMatchesError,
-        match=r"^RAW: no raw matches for 2 of the 6 pairs, e\.g\. "
-        r"\('a\.png', 'd\.png'\), \('c\.png', 'd\.png'\)$",
+        match=r"^RAW: no raw matches for 4 of the 8 pairs, e\.g\. "
+        r"\('a\.png', 'd\.png'\), \('c\.png', 'd\.png'\), \('a\.png', 'e\.png'\)$",
     ):
-        run(tmp_path, LINES + [("a.png", "d.png"), ("c.png", "d.png")])
+        extra = [("a.png", "d.png"), ("c.png", "d.png"), ("a.png", "e.png")]
+        run(tmp_path, LINES + extra + [("b.png", "e.png")])
     np.savez(tmp_path / "raw/z.npz", **{**data[1], "name0": "a.png", "name1": "c.png"})
     with pytest.raises(
         RawMatchesError,
