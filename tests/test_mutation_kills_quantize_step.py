@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -428,6 +429,9 @@ def test_stopped_at_any_rename_the_rerun_gives_the_same_files(tmp_path, monkeypa
     monkeypatch.undo()
     assert len(snapshots) >= 3
     assert [p for p in listing(snapshots[0]) if "tmp-" in p or "spill-" in p]
+    # the copies of the raw matches are readable by their owner only
+    data = list(snapshots[0].glob("m.h5.spill-*/data-*"))
+    assert data and all(stat.S_IMODE(d.stat().st_mode) == 0o600 for d in data)
     names, pairs = read_pending(out / "m.h5")
     assert names == {"c.png", "d.png"} and pairs == STORED[1:]
     record = json.loads((out / "m.h5.pending.json").read_text())
@@ -791,3 +795,16 @@ def test_a_spill_file_cut_short_is_named(tmp_path):
             spill.side(record, 0)
     finally:
         pool.close()
+
+
+def test_min_score_applies_to_fixed_images(tmp_path):
+    """Raw matches below ``min_score`` do not snap to fixed keypoints."""
+    data = make_raw(tmp_path / "raw")
+    f, _, _ = run(tmp_path, out="ref")
+    fixed = {n: content(f)[f"{n}/keypoints"] for n in ("a.png", "c.png")}
+    f, m, _ = run(tmp_path, LINES[1:2], features_ref=[f], min_score=0.8)
+    q = quantize_pairs(STORED[1:2], data[1:2], fixed, min_score=0.8)
+    q0 = quantize_pairs(STORED[1:2], data[1:2], fixed)
+    assert not np.array_equal(q.matches0[0], q0.matches0[0])  # c/a: both fixed
+    for (n0, n1), m0 in zip(q.pairs, q.matches0):
+        np.testing.assert_array_equal(content(m)[f"{n0}/{n1}/matches0"], m0)
