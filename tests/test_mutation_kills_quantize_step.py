@@ -85,6 +85,13 @@ def run(tmp_path: Path, lines=LINES, out="out", **kw):
     return f, m, summary
 
 
+def assert_same_files(a: Path, b: Path) -> None:
+    ca, cb = content(a), content(b)
+    assert ca.keys() == cb.keys()
+    for k in ca:
+        np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+
+
 def listing(folder: Path) -> list:
     return sorted(os.listdir(folder))
 
@@ -337,15 +344,22 @@ def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
     main(pairs_file(tmp_path / "p1.txt", lines[1:2]), root, f, other)
     with h5py.File(f, "r") as h:
         assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5", "sub/other.h5"]
-    before = content(f)
-    # redo a/b with other settings: a is used by other.h5's c/a, b is free
-    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.6,
-         overwrite=True)  # fmt: skip
-    after = content(f)
-    np.testing.assert_array_equal(
-        after["db/a.png/keypoints"], before["db/a.png/keypoints"]
-    )
-    assert not np.array_equal(after["db/b.png/keypoints"], before["db/b.png/keypoints"])
+
+    def redo(min_score, kept, rebuilt):
+        """a/b again into m.h5 with overwrite and another min_score."""
+        before = content(f)
+        main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m,
+             min_score=min_score, overwrite=True)  # fmt: skip
+        after = content(f)
+        for k in kept:
+            np.testing.assert_array_equal(
+                after[f"{k}/keypoints"], before[f"{k}/keypoints"]
+            )
+        for k in rebuilt:
+            assert not np.array_equal(after[f"{k}/keypoints"], before[f"{k}/keypoints"])
+
+    # a is used by other.h5's c/a, b is free
+    redo(0.6, ["db/a.png"], ["db/b.png"])
     assert "1 images keep their keypoints" in logs.text
     assert "db/a.png" in logs.text and "other.h5" in logs.text
     assert "q-c.png/db-a.png" in logs.text
@@ -353,14 +367,7 @@ def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
     main(pairs_file(tmp_path / "p2.txt", lines[2:]), root, f, m)
     logs.clear()
     other.unlink()  # dropped from the registry
-    mid = content(f)
-    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.3,
-         overwrite=True)  # fmt: skip
-    after = content(f)
-    np.testing.assert_array_equal(
-        after["db/b.png/keypoints"], mid["db/b.png/keypoints"]
-    )
-    assert not np.array_equal(after["db/a.png/keypoints"], mid["db/a.png/keypoints"])
+    redo(0.3, ["db/b.png"], ["db/a.png"])
     assert "1 images keep their keypoints" in logs.text and "m.h5" in logs.text
     assert "db-b.png/q-c.png" in logs.text
     with h5py.File(f, "r") as h:
@@ -368,11 +375,7 @@ def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
     # the run's own pair a/b in another matches file too: a and b are kept
     main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, tmp_path / "m2.h5")
     logs.clear()
-    mid = content(f)
-    main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m, min_score=0.7,
-         overwrite=True)  # fmt: skip
-    for k, v in content(f).items():
-        np.testing.assert_array_equal(v, mid[k])
+    redo(0.7, ["db/a.png", "db/b.png"], [])
     assert "2 images keep their keypoints" in logs.text and "m2.h5" in logs.text
 
 
@@ -447,11 +450,8 @@ def test_stopped_at_any_rename_the_rerun_gives_the_same_files(tmp_path, monkeypa
         f, m, s = run(tmp_path, out=folder.name, max_kps=6)
         assert (s.images_built, s.images_fixed) == (2, 2)
         assert listing(folder) == CLEAN
-        for a, b in ((f, clean_f), (m, clean_m)):
-            ca, cb = content(a), content(b)
-            assert ca.keys() == cb.keys()
-            for k in ca:
-                np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+        assert_same_files(f, clean_f)
+        assert_same_files(m, clean_m)
 
 
 def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
@@ -551,9 +551,7 @@ def test_command_line_options_reach_the_step(tmp_path):
                                      out / "m.h5"]))) == 0  # fmt: skip
     main(p, tmp_path / "raw", tmp_path / "api/f.h5", tmp_path / "api/m.h5")
     for name in ("f.h5", "m.h5"):
-        assert content(out / name).keys() == content(tmp_path / "api" / name).keys()
-        for k, v in content(out / name).items():
-            np.testing.assert_array_equal(v, content(tmp_path / "api" / name)[k])
+        assert_same_files(out / name, tmp_path / "api" / name)
     options = ["--radius", "2.5", "--min_score", "0.3", "--max_kps", "4"]
     options += ["--method", "immatch", "--psize", "8", "--workers", "1"]
     options += ["--features_ref", tmp_path / "none.h5", ref, "--overwrite"]
@@ -688,10 +686,7 @@ def test_worker_processes_give_the_same_files(tmp_path):
     two = run(tmp_path, lines, out="two", workers=2)
     assert one[2].pairs == two[2].pairs == 40
     for a, b in zip(one[:2], two[:2]):
-        ca, cb = content(a), content(b)
-        assert ca.keys() == cb.keys()
-        for k in ca:
-            np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
+        assert_same_files(a, b)
 
 
 def test_command_line_parser():
