@@ -17,7 +17,8 @@ import pytest
 
 from p2p_hloc.console import InputError, run_cli
 from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
-from p2p_hloc.io.raw import RawMatchesError
+from p2p_hloc.io.raw import RawMatchesError, raw_files
+from p2p_hloc.io.text import parse_pairs
 from p2p_hloc.quantize import (
     clip_to_image,
     main,
@@ -25,6 +26,7 @@ from p2p_hloc.quantize import (
     read_pending,
     spill,
     step,
+    unique_pairs,
 )
 
 SIZES = {"a.png": (40, 30), "b.png": (36, 44), "c.png": (50, 26), "d.png": (30, 30)}
@@ -79,8 +81,8 @@ def pairs_file(path: Path, lines) -> Path:
 def run(tmp_path: Path, lines=LINES, out="out", **kw):
     f, m = tmp_path / out / "f.h5", tmp_path / out / "m.h5"
     p = pairs_file(tmp_path / f"pairs-{len(lines)}.txt", lines)
-    files = step.raw_files(tmp_path / "raw")
-    todo = step.unique_pairs(step.parse_pairs(p))
+    files = raw_files(tmp_path / "raw")
+    todo = unique_pairs(parse_pairs(p))
     summary = step.write_phase(todo, files, f, m, source="RAW", **kw)
     return f, m, summary
 
