@@ -93,6 +93,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     "quantize.spill": (
         ["p2p_hloc/quantize/spill.py"],
         [
+            "tests/test_mutation_kills_quantize_step.py",
             "tests/test_mutation_kills_quantize.py",
             "tests/test_quantize.py",
             "tests/test_quantize_step.py",
@@ -101,6 +102,7 @@ MODULES: Dict[str, Tuple[List[str], List[str]]] = {
     "quantize.step": (
         ["p2p_hloc/quantize/step.py"],
         [
+            "tests/test_mutation_kills_quantize_step.py",
             "tests/test_mutation_kills_quantize.py",
             "tests/test_quantize.py",
             "tests/test_quantize_step.py",

@@ -150,7 +150,7 @@ def _dependants(
     if not names:
         return {}
     flat = {n.replace("/", "-"): n for n in names}
-    skip = {names_to_pair(*p) for p in todo}
+    skip = {names_to_pair(*q) for p in todo for q in (p, p[::-1])}
     found: Dict[str, Tuple[Path, str]] = {}
     files = [matches] + [p for p in _registry(features) if p != matches.resolve()]
     for path in files:
@@ -352,9 +352,7 @@ def write_phase(
                 f"{len(todo)} pairs, e.g. {', '.join(map(str, missing[:3]))}"
             )
         del want, where
-        start = np.cumsum([0] + [8 * r.count for r in found])
-        with open(folder / "labels", "wb") as labels:
-            labels.truncate(int(start[-1]))
+        start = np.cumsum([0] + [8 * r.count for r in found])  # in "labels"
         records = [r._replace(labels=int(o)) for r, o in zip(found, start)]
         oriented = [p[::-1] if f else p for p, f in zip(todo, flip)]
         summary.raw_matches = sum(r.count for r in records)
