@@ -120,3 +120,25 @@ def align_rows(pred, ref, atol: float = 1e-3, max_missing: int = MAX_MISSING):
     missing = max(len(ref) - len(ir), len(pred) - len(ip))
     assert missing <= max_missing, f"{missing} rows differ ({len(pred)} vs {len(ref)})"
     return np.asarray(ip, np.int64), np.asarray(ir, np.int64)
+
+
+def h5_content(path: Path) -> dict:
+    """Every dataset of an h5 file by its full name."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
+        )
+    return out
+
+
+def assert_same_h5(a: Path, b: Path) -> None:
+    """Two h5 files hold the same datasets with equal values."""
+    import numpy as np
+
+    ca, cb = h5_content(a), h5_content(b)
+    assert ca.keys() == cb.keys(), (a, b)
+    for k in ca:
+        np.testing.assert_array_equal(ca[k], cb[k], err_msg=f"{b}: {k}")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from test_match_pairs import h5_content, write_pairs
+from conftest import assert_same_h5
+from test_match_pairs import write_pairs
 
 from p2p_hloc.confs import confs
 from p2p_hloc.executors import _Shards, cache_order, load_order, run_pairs
@@ -51,10 +52,7 @@ def make_images(root: Path, n: int, size: Tuple[int, int], step: int) -> Path:
 def assert_same_files(a: Path, b: Path, output: str, pairs: str = "pairs") -> None:
     """Features and matches files of two runs: every dataset equal."""
     for name in (f"feats_{output}.h5", f"{output}_{pairs}.h5"):
-        ca, cb = h5_content(a / name), h5_content(b / name)
-        assert ca.keys() == cb.keys(), name
-        for k in ca:
-            np.testing.assert_array_equal(ca[k], cb[k], err_msg=f"{name}: {k}")
+        assert_same_h5(a / name, b / name)
 
 
 def alive(pid: int) -> bool:

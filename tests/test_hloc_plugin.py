@@ -5,11 +5,10 @@ PyPI).
 
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import align_rows
+from conftest import align_rows, assert_same_h5, h5_content
 from helpers_localization import sift_h5
 from PIL import Image
 
@@ -104,25 +103,6 @@ def small_dataset(golden_dir, golden_weights, tmp_path):
     )
 
 
-def h5_contents(path):
-    """Every dataset of an h5 file by its full name."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda k, v: (
-                out.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None
-            )
-        )
-    return out
-
-
-def assert_same_h5(a, b):
-    a, b = h5_contents(a), h5_contents(b)
-    assert sorted(a) == sorted(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 def test_both_passes_use_our_quantization(fake_hloc, small_dataset, tmp_path):
     """hloc.match_dense.main with our conf, called as hloc's scripts call it
     (mapping; then localization with the mapping files and max_kps=None):
@@ -146,7 +126,7 @@ def test_both_passes_use_our_quantization(fake_hloc, small_dataset, tmp_path):
     )
     assert_same_h5(features, ref_features)
     assert_same_h5(sfm_matches, ref_matches)
-    mapping = h5_contents(features)
+    mapping = h5_content(features)
 
     result = match_dense.main(
         d["conf"],
@@ -168,7 +148,7 @@ def test_both_passes_use_our_quantization(fake_hloc, small_dataset, tmp_path):
     )
     assert_same_h5(features, ref_features)
     assert_same_h5(sfm_matches, ref_matches)
-    after = h5_contents(features)
+    after = h5_content(features)
     for name in ("db/a.png", "db/b.png", "db/c.png"):
         np.testing.assert_array_equal(
             after[f"{name}/keypoints"], mapping[f"{name}/keypoints"]

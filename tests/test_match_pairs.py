@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import skimage.data
+from conftest import h5_content
 
 from p2p_hloc.confs import confs
 from p2p_hloc.console import InputError
@@ -258,15 +259,6 @@ def test_refine_hloc_file_proposals(sift_run, golden_weights, tmp_path):
     with h5py.File(m, "r") as h:
         n_raw = len(h[names_to_pair(*pairs[0])]["scores"])
     assert n_raw == len(get_matches(matches, *pairs[0])[0])  # one per proposal
-
-
-def h5_content(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
-        )
-    return out
 
 
 NCNET = {**confs["ncnet"], "model": {**confs["ncnet"]["model"], "threshold": 0.0}}

@@ -14,9 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_same_h5, h5_content
 
 from p2p_hloc.console import InputError, run_cli
-from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
+from p2p_hloc.io.h5 import H5Error, names_to_pair
 from p2p_hloc.io.raw import RawMatchesError, raw_files
 from p2p_hloc.io.text import parse_pairs
 from p2p_hloc.quantize import (
@@ -38,15 +39,6 @@ STORED = [
     ("d.png", "b.png"),
 ]
 LINES = [("a.png", "b.png"), ("a.png", "c.png"), ("b.png", "c.png"), ("b.png", "d.png")]
-
-
-def content(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda k, v: out.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
-        )
-    return out
 
 
 def raw_data(n0: str, n1: str, seed: int, n: int = 24) -> dict:
@@ -87,13 +79,6 @@ def run(tmp_path: Path, lines=LINES, out="out", **kw):
     return f, m, summary
 
 
-def assert_same_files(a: Path, b: Path) -> None:
-    ca, cb = content(a), content(b)
-    assert ca.keys() == cb.keys()
-    for k in ca:
-        np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
-
-
 def listing(folder: Path) -> list:
     return sorted(os.listdir(folder))
 
@@ -117,7 +102,7 @@ def test_files_hold_the_arrays_of_quantize_pairs(tmp_path, kw):
     lines = LINES + [("b.png", "a.png"), ("c.png", "c.png")]
     f, m, summary = run(tmp_path, lines, **kw)
     q = quantize_pairs(STORED, data, **kw)
-    feats, matches = content(f), content(m)
+    feats, matches = h5_content(f), h5_content(m)
     assert sorted(feats) == sorted(
         f"{n}/{k}" for n in SIZES for k in ("image_size", "keypoints", "scores")
     )
@@ -183,7 +168,7 @@ def test_settings_change_the_output(tmp_path):
     seen = []
     for i, kw in enumerate(runs):
         f, m, _ = run(tmp_path, out=f"o{i}", **kw)
-        seen.append(content(f)["a.png/keypoints"].tobytes())
+        seen.append(h5_content(f)["a.png/keypoints"].tobytes())
     assert len(set(seen)) == len(runs)
     with pytest.raises(ValueError, match="unknown quantization method 'x'"):
         run(tmp_path, method="x")
@@ -217,7 +202,7 @@ def test_fixed_images_from_features_and_refs(tmp_path):
     write_ref(ref_b, "b.png", fixed["b.png"])
     f, m, summary = run(tmp_path, LINES[:3], features_ref=[ref_a, ref_b])
     assert (summary.images_built, summary.images_fixed) == (1, 2)
-    feats = content(f)
+    feats = h5_content(f)
     for n in ("b.png", "c.png"):
         np.testing.assert_array_equal(feats[f"{n}/keypoints"], fixed[n])
         np.testing.assert_array_equal(
@@ -229,22 +214,22 @@ def test_fixed_images_from_features_and_refs(tmp_path):
     np.testing.assert_array_equal(
         feats["a.png/keypoints"], q.keypoints["a.png"].astype("f4")
     )
-    matches = content(m)
+    matches = h5_content(m)
     for (n0, n1), m0 in zip(q.pairs, q.matches0):
         np.testing.assert_array_equal(matches[f"{n0}/{n1}/matches0"], m0)
     # the next run: a, b, c fixed from f.h5 (not from the refs), d from ref_a
-    first = content(f)
-    before = content(m)
+    first = h5_content(f)
+    before = h5_content(m)
     f, m, summary = run(tmp_path, LINES, features_ref=[ref_b, ref_a])
     assert (summary.images_built, summary.images_fixed, summary.pairs) == (0, 2, 1)
-    feats = content(f)
+    feats = h5_content(f)
     for k, v in first.items():
         np.testing.assert_array_equal(feats[k], v)
     np.testing.assert_array_equal(feats["d.png/keypoints"], fixed["d.png"])
     np.testing.assert_array_equal(feats["d.png/scores"], [1, 1])
     fx = {n: feats[f"{n}/keypoints"] for n in ("b.png", "d.png")}
     q = quantize_pairs(STORED[3:], data[3:], fx)
-    after = content(m)
+    after = h5_content(m)
     np.testing.assert_array_equal(after["d.png/b.png/matches0"], q.matches0[0])
     for k, v in before.items():
         np.testing.assert_array_equal(after[k], v)
@@ -269,7 +254,7 @@ def test_a_run_with_nothing_to_do(tmp_path):
     make_raw(tmp_path / "raw")
     f, m, summary = run(tmp_path, [("a.png", "a.png")])
     assert summary == step.Summary()
-    assert content(f) == {} and content(m) == {}
+    assert h5_content(f) == {} and h5_content(m) == {}
     assert listing(f.parent) == CLEAN
     run(tmp_path, LINES[:2])
     before = f.read_bytes(), m.read_bytes()
@@ -321,7 +306,7 @@ def test_overwrite_replaces_pairs_in_either_direction(tmp_path):
     assert (s.pairs, s.images_built, s.images_fixed) == (2, 3, 0)
     data = [raw_data("b.png", "a.png", 7), raw_data("c.png", "a.png", 1)]
     q = quantize_pairs([("b.png", "a.png"), ("c.png", "a.png")], data, min_score=0.4)
-    feats, matches = content(f), content(m)
+    feats, matches = h5_content(f), h5_content(m)
     assert {k.rsplit("/", 1)[0] for k in matches} == {"b.png/a.png", "c.png/a.png"}
     for n, kps in q.keypoints.items():
         np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
@@ -349,10 +334,10 @@ def test_overwrite_keeps_images_that_other_pairs_use(tmp_path, logs):
 
     def redo(min_score, kept, rebuilt):
         """a/b again into m.h5 with overwrite and another min_score."""
-        before = content(f)
+        before = h5_content(f)
         main(pairs_file(tmp_path / "p0.txt", lines[:1]), root, f, m,
              min_score=min_score, overwrite=True)  # fmt: skip
-        after = content(f)
+        after = h5_content(f)
         for k in kept:
             np.testing.assert_array_equal(
                 after[f"{k}/keypoints"], before[f"{k}/keypoints"]
@@ -452,8 +437,8 @@ def test_stopped_at_any_rename_the_rerun_gives_the_same_files(tmp_path, monkeypa
         f, m, s = run(tmp_path, out=folder.name, max_kps=6)
         assert (s.images_built, s.images_fixed) == (2, 2)
         assert listing(folder) == CLEAN
-        assert_same_files(f, clean_f)
-        assert_same_files(m, clean_m)
+        assert_same_h5(f, clean_f)
+        assert_same_h5(m, clean_m)
 
 
 def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
@@ -461,7 +446,7 @@ def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
     last rename): removed, its images keep their keypoints."""
     make_raw(tmp_path / "raw")
     f, m, _ = run(tmp_path, LINES[:2])
-    before = content(f)
+    before = h5_content(f)
     pending = tmp_path / "out/m.h5.pending.json"
     pending.write_text(json.dumps({"names": ["a.png", "c.png"], "pairs": STORED[:2]}))
     f, m, s = run(tmp_path, LINES)
@@ -469,7 +454,7 @@ def test_a_record_of_pairs_already_written_is_dropped(tmp_path, logs):
     assert (s.images_built, s.images_fixed) == (1, 2)
     assert "keep their keypoints" not in logs.text
     for k, v in before.items():
-        np.testing.assert_array_equal(content(f)[k], v)
+        np.testing.assert_array_equal(h5_content(f)[k], v)
     # a record with a pair not written yet: its images are rebuilt
     pending.write_text(json.dumps({"names": ["d.png"], "pairs": [STORED[3]]}))
     with h5py.File(m, "a") as h:
@@ -553,7 +538,7 @@ def test_command_line_options_reach_the_step(tmp_path):
                                      out / "m.h5"]))) == 0  # fmt: skip
     main(p, tmp_path / "raw", tmp_path / "api/f.h5", tmp_path / "api/m.h5")
     for name in ("f.h5", "m.h5"):
-        assert_same_files(out / name, tmp_path / "api" / name)
+        assert_same_h5(out / name, tmp_path / "api" / name)
     options = ["--radius", "2.5", "--min_score", "0.3", "--max_kps", "4"]
     options += ["--method", "immatch", "--psize", "8", "--workers", "1"]
     options += ["--features_ref", tmp_path / "none.h5", ref, "--overwrite"]
@@ -565,7 +550,7 @@ def test_command_line_options_reach_the_step(tmp_path):
     q = quantize_pairs(STORED, data, fixed, **kw)
     q48 = quantize_pairs(STORED, data, fixed, **{**kw, "psize": 48})
     assert not np.array_equal(q.keypoints["a.png"], q48.keypoints["a.png"])
-    feats, matches = content(out / "f.h5"), content(out / "m.h5")
+    feats, matches = h5_content(out / "f.h5"), h5_content(out / "m.h5")
     for n, kps in q.keypoints.items():
         np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
     for (n0, n1), m0 in zip(q.pairs, q.matches0):
@@ -590,7 +575,7 @@ def test_main_takes_one_or_several_reference_files(tmp_path):
         )
         assert (f, m) == (out / "f.h5", out / "m.h5")
         np.testing.assert_array_equal(
-            content(f)["c.png/keypoints"], [[10, 5], [40, 20]]
+            h5_content(f)["c.png/keypoints"], [[10, 5], [40, 20]]
         )
 
 
@@ -614,7 +599,7 @@ def test_a_features_file_of_another_program(tmp_path):
         h["d.png/keypoints"] = [[3.0, 3], [20, 20]]
     f, m, s = run(tmp_path, features_ref=[ref])
     assert (s.images_built, s.images_fixed) == (2, 2)
-    feats = content(f)
+    feats = h5_content(f)
     np.testing.assert_array_equal(feats["b.png/keypoints"], kps)
     np.testing.assert_array_equal(feats["b.png/descriptors"], np.ones((4, 3)))
     assert "b.png/scores" not in feats
@@ -625,7 +610,7 @@ def test_a_features_file_of_another_program(tmp_path):
         feats["a.png/keypoints"], q.keypoints["a.png"].astype("f4")
     )
     for (n0, n1), m0 in zip(q.pairs, q.matches0):
-        np.testing.assert_array_equal(content(m)[f"{n0}/{n1}/matches0"], m0)
+        np.testing.assert_array_equal(h5_content(m)[f"{n0}/{n1}/matches0"], m0)
     with h5py.File(f, "r") as h:
         assert json.loads(h.attrs[step.REGISTRY]) == ["m.h5"]
 
@@ -663,7 +648,7 @@ def test_many_pairs_and_files(tmp_path, capsys):
     f, m, s = run(tmp_path, lines)
     q = quantize_pairs(stored, data[:40])
     assert s.pairs == 40
-    feats, matches = content(f), content(m)
+    feats, matches = h5_content(f), h5_content(m)
     for n, kps in q.keypoints.items():
         np.testing.assert_array_equal(feats[f"{n}/keypoints"], kps.astype("f4"))
     for (n0, n1), m0, d in zip(q.pairs, q.matches0, data):
@@ -688,7 +673,7 @@ def test_worker_processes_give_the_same_files(tmp_path):
     two = run(tmp_path, lines, out="two", workers=2)
     assert one[2].pairs == two[2].pairs == 40
     for a, b in zip(one[:2], two[:2]):
-        assert_same_files(a, b)
+        assert_same_h5(a, b)
 
 
 def test_command_line_parser():
@@ -735,9 +720,9 @@ def test_main_defaults(tmp_path):
     make_raw(tmp_path / "raw")
     p = pairs_file(tmp_path / "p.txt", LINES)
     f, m = main(p, tmp_path / "raw", tmp_path / "f.h5", tmp_path / "m.h5")
-    before = content(f), content(m)
+    before = h5_content(f), h5_content(m)
     main(p, tmp_path / "raw", f, m, min_score=0.9)
-    for a, b in zip(before, (content(f), content(m))):
+    for a, b in zip(before, (h5_content(f), h5_content(m))):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -748,10 +733,10 @@ def test_main_defaults(tmp_path):
              keypoints1=xy, scores=[1.0, 1.0], size0=(100, 100), size1=(100, 100))  # fmt: skip
     p = pairs_file(tmp_path / "q.txt", [("x.png", "y.png")])
     f, _ = main(p, raw, tmp_path / "i/f.h5", tmp_path / "i/m.h5", method="immatch")
-    np.testing.assert_array_equal(content(f)["x.png/keypoints"], xy.astype("f4"))
+    np.testing.assert_array_equal(h5_content(f)["x.png/keypoints"], xy.astype("f4"))
     todo, g, n = [("x.png", "y.png")], tmp_path / "w/f.h5", tmp_path / "w/m.h5"
     step.write_phase(todo, [raw / "0.npz"], g, n, method="immatch")
-    np.testing.assert_array_equal(content(g)["x.png/keypoints"], xy.astype("f4"))
+    np.testing.assert_array_equal(h5_content(g)["x.png/keypoints"], xy.astype("f4"))
     with pytest.raises(RawMatchesError, match=r"^the raw matches: no raw matches"):
         step.write_phase(todo + [("x.png", "z.png")], [raw / "0.npz"], g, n)
 
@@ -775,7 +760,7 @@ def test_space_on_two_file_systems(tmp_path, monkeypatch):
         )
         p = pairs_file(tmp_path / "p.txt", LINES)
         main(p, tmp_path / "raw", tmp_path / "f.h5", shm / "m.h5")
-        assert len(content(shm / "m.h5")) == 4 * 5
+        assert len(h5_content(shm / "m.h5")) == 4 * 5
     finally:
         shutil.rmtree(shm)
 
@@ -798,10 +783,10 @@ def test_min_score_applies_to_fixed_images(tmp_path):
     """Raw matches below ``min_score`` do not snap to fixed keypoints."""
     data = make_raw(tmp_path / "raw")
     f, _, _ = run(tmp_path, out="ref")
-    fixed = {n: content(f)[f"{n}/keypoints"] for n in ("a.png", "c.png")}
+    fixed = {n: h5_content(f)[f"{n}/keypoints"] for n in ("a.png", "c.png")}
     f, m, _ = run(tmp_path, LINES[1:2], features_ref=[f], min_score=0.8)
     q = quantize_pairs(STORED[1:2], data[1:2], fixed, min_score=0.8)
     q0 = quantize_pairs(STORED[1:2], data[1:2], fixed)
     assert not np.array_equal(q.matches0[0], q0.matches0[0])  # c/a: both fixed
     for (n0, n1), m0 in zip(q.pairs, q.matches0):
-        np.testing.assert_array_equal(content(m)[f"{n0}/{n1}/matches0"], m0)
+        np.testing.assert_array_equal(h5_content(m)[f"{n0}/{n1}/matches0"], m0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_match_pairs import h5_content
+from conftest import assert_same_h5, h5_content
 
 from p2p_hloc.io.h5 import H5Error, names_to_pair, write_keypoints
 from p2p_hloc.io.lock import file_lock
@@ -21,13 +21,6 @@ from p2p_hloc.quantize import main, quantize_pairs, step
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [np.array([96, 64]), np.array([80, 120])]
-
-
-def assert_same_files(a: Path, b: Path) -> None:
-    ca, cb = h5_content(a), h5_content(b)
-    assert ca.keys() == cb.keys()
-    for k in ca:
-        np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
 
 
 def raw_pair(rng, n0: str, n1: str, i0: int, i1: int, n: int = 60) -> dict:
@@ -142,8 +135,8 @@ def test_order_of_pairs_and_files_does_not_matter(tmp_path):
     for run, pairs in (("a", PAIRS), ("b", shuffled)):
         out = tmp_path / run
         main(write_pairs(out / "p.txt", pairs), out / "raw", out / "f.h5", out / "m.h5")
-    assert_same_files(tmp_path / "a/f.h5", tmp_path / "b/f.h5")
-    assert_same_files(tmp_path / "a/m.h5", tmp_path / "b/m.h5")
+    assert_same_h5(tmp_path / "a/f.h5", tmp_path / "b/f.h5")
+    assert_same_h5(tmp_path / "a/m.h5", tmp_path / "b/m.h5")
 
 
 def test_immatch_follows_pairs_order(tmp_path):
@@ -319,8 +312,8 @@ def test_public_format_gives_the_files_of_match_pairs(tmp_path):
         min_score=q["min_score"],
         method=q["method"],
     )
-    assert_same_files(f, f2)
-    assert_same_files(m, m2)
+    assert_same_h5(f, f2)
+    assert_same_h5(m, m2)
 
 
 def ring(n_images: int, k: int):
@@ -449,7 +442,7 @@ def test_killed_anywhere_the_rerun_gives_the_same_files(tmp_path):
     main(pairs_file, tmp_path / "raw", out / "f.h5", out / "m.h5")
     assert sorted(os.listdir(out)) == ["f.h5", "f.h5.lock", "m.h5", "m.h5.lock"]
     for a, b in zip(clean, (out / "f.h5", out / "m.h5")):
-        assert_same_files(a, b)
+        assert_same_h5(a, b)
 
 
 def test_stopped_between_the_renames(tmp_path, monkeypatch):
@@ -489,7 +482,7 @@ def test_stopped_between_the_renames(tmp_path, monkeypatch):
             assert not (out / "m.h5.pending.json").exists()
             runs.append(out)
         for file in ("f.h5", "m.h5"):
-            assert_same_files(runs[0] / file, runs[1] / file)
+            assert_same_h5(runs[0] / file, runs[1] / file)
         check_consistent(runs[1] / "f.h5", runs[1] / "m.h5")
 
 
